@@ -1,0 +1,22 @@
+//! The gRPC API of shoes-vz, generated at build time from `proto/`.
+//!
+//! # Layout
+//! - [`shoes`]: `shoes.vz.shoes.v1`, the API for myshoes (through the plugin) and operators.
+//! - [`agent`]: `shoes.vz.agent.v1`, the API between the server and its agents.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod shoes {
+    pub mod v1 {
+        tonic::include_proto!("shoes.vz.shoes.v1");
+    }
+}
+
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("shoes.vz.agent.v1");
+    }
+}
+
+/// The `shoes_type` every AddInstance answer carries.
+pub const SHOES_TYPE: &str = "shoes-vz";

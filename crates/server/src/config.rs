@@ -1,0 +1,190 @@
+//! Server configuration: one TOML file, `SHOESVZ_*` environment overrides, flags on top.
+
+use serde::{Deserialize, Serialize};
+use shoes_vz_model::ResourceTable;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC address for myshoes' plugin, operators and agents.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; `None` turns the endpoint off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `sqlite:///path/state.db?mode=rwc` (embedded) or `postgres://user@host/db`.
+    pub database_url: String,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    pub scheduler: SchedulerConfig,
+    pub resources: ResourceTable,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Bearer token for ShoesService (myshoes' plugin, operators). Required.
+    pub token: Option<String>,
+    /// Bearer token agents present; defaults to `token`.
+    pub agent_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Request labels that say nothing about the template (compared case-insensitively).
+    pub ignored_labels: Vec<String>,
+    /// Template used when a request has no meaningful label; `None` means any template.
+    pub default_template: Option<String>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            ignored_labels: vec!["self-hosted".to_string()],
+            default_template: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// How long AddInstance waits for ssh-ready (myshoes gives it 5 minutes).
+    #[serde(with = "humantime_serde")]
+    pub add_instance: Duration,
+    /// How long DeleteInstance waits for the agent to confirm (myshoes gives it 3 minutes).
+    #[serde(with = "humantime_serde")]
+    pub delete_instance: Duration,
+    /// An agent silent this long is offline.
+    #[serde(with = "humantime_serde")]
+    pub agent_offline_after: Duration,
+    /// How often agents send a full snapshot (their heartbeat).
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            add_instance: Duration::from_secs(240),
+            delete_instance: Duration::from_secs(120),
+            agent_offline_after: Duration::from_secs(30),
+            snapshot_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            database_url: "sqlite://shoes-vz-state.db?mode=rwc".to_string(),
+            auth: AuthConfig::default(),
+            tls: None,
+            scheduler: SchedulerConfig::default(),
+            resources: ResourceTable::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no auth token is configured: set auth.token in the config file or SHOESVZ_TOKEN")]
+    NoToken,
+    #[error("auth token is shorter than 16 characters; use a long random token (e.g. `openssl rand -hex 32`)")]
+    WeakToken,
+    #[error("invalid resource table")]
+    Resources(#[source] shoes_vz_model::ResourceError),
+    #[error("timeouts.{0} must be greater than zero")]
+    ZeroTimeout(&'static str),
+    #[error("timeouts.agent_offline_after must be longer than timeouts.snapshot_interval, or every agent flaps offline")]
+    OfflineBeforeSnapshot,
+}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for token in [&self.auth.token, &self.auth.agent_token].into_iter().flatten() {
+            if token.len() < 16 {
+                return Err(ConfigError::WeakToken);
+            }
+        }
+        if self.auth.token.is_none() {
+            return Err(ConfigError::NoToken);
+        }
+        self.resources.validate().map_err(ConfigError::Resources)?;
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("add_instance", t.add_instance),
+            ("delete_instance", t.delete_instance),
+            ("agent_offline_after", t.agent_offline_after),
+            ("snapshot_interval", t.snapshot_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroTimeout(name));
+            }
+        }
+        if t.agent_offline_after <= t.snapshot_interval {
+            return Err(ConfigError::OfflineBeforeSnapshot);
+        }
+        Ok(())
+    }
+
+    pub fn agent_token(&self) -> Option<&str> {
+        self.auth.agent_token.as_deref().or(self.auth.token.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        let mut config = ServerConfig::default();
+        assert!(matches!(config.validate(), Err(ConfigError::NoToken)));
+        config.auth.token = Some("0123456789abcdef".into());
+        config.validate().expect("defaults plus a token are valid");
+        assert_eq!(config.agent_token(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let config: ServerConfig = toml::from_str(
+            r#"
+            listen = "0.0.0.0:6000"
+            [timeouts]
+            add_instance = "3m"
+            [scheduler]
+            default_template = "macos-26"
+            "#,
+        )
+        .expect("valid toml");
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.timeouts.add_instance, Duration::from_secs(180));
+        assert_eq!(config.timeouts.delete_instance, Duration::from_secs(120));
+        assert_eq!(config.scheduler.default_template.as_deref(), Some("macos-26"));
+        assert!(toml::from_str::<ServerConfig>("listn = \"0.0.0.0:1\"").is_err());
+    }
+
+    #[test]
+    fn weak_tokens_and_flapping_timeouts_are_refused() {
+        let mut config = ServerConfig::default();
+        config.auth.token = Some("short".into());
+        assert!(matches!(config.validate(), Err(ConfigError::WeakToken)));
+        config.auth.token = Some("0123456789abcdef".into());
+        config.timeouts.agent_offline_after = Duration::from_secs(5);
+        assert!(matches!(config.validate(), Err(ConfigError::OfflineBeforeSnapshot)));
+    }
+}

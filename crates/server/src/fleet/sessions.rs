@@ -1,0 +1,218 @@
+//! Agents: registration, their Sync sessions, snapshots, reconciliation and liveness.
+
+use super::{delete_command, AgentEntry, Fleet, FleetError, FleetState, Session};
+use crate::store::{now_ms, AgentRecord, TemplateRecord};
+use shoes_vz_model::ids::validate_name;
+use shoes_vz_model::{AgentId, RunnerId};
+use shoes_vz_protocol::agent::v1 as pb;
+use std::collections::HashSet;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What an agent's Sync stream handler needs to keep its half of a session.
+pub struct SessionHandle {
+    pub agent_id: AgentId,
+    pub session_id: u64,
+    pub commands: mpsc::UnboundedReceiver<pb::ServerMessage>,
+    pub cancel: CancellationToken,
+}
+
+impl Fleet {
+    pub fn register_agent(&self, request: pb::RegisterAgentRequest) -> Result<pb::RegisterAgentResponse, FleetError> {
+        let agent_id = AgentId::parse(&request.agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        if request.hostname.is_empty() || request.hostname.len() > 253 {
+            return Err(FleetError::Invalid("hostname must be 1-253 characters".into()));
+        }
+        let capacity = request.capacity.unwrap_or_default();
+        let mut templates = Vec::with_capacity(request.templates.len());
+        for t in request.templates {
+            validate_name("template name", &t.name, 64).map_err(|e| FleetError::Invalid(e.to_string()))?;
+            templates.push(TemplateRecord {
+                name: t.name,
+                version: t.version,
+                backend: t.backend,
+                labels: t.labels,
+                max_vcpus: t.max_vcpus,
+                max_memory_mib: t.max_memory_mib,
+            });
+        }
+        let now = now_ms();
+        let mut state = self.lock();
+        let registered_at_ms = state
+            .agents
+            .get(&agent_id)
+            .map_or(now, |a| a.record.registered_at_ms);
+        let online = state.agents.get(&agent_id).is_some_and(AgentEntry::ready);
+        let record = AgentRecord {
+            agent_id: agent_id.clone(),
+            hostname: request.hostname,
+            backend: request.backend,
+            max_runners: capacity.max_runners,
+            cpu_cores: capacity.cpu_cores,
+            memory_mib: capacity.memory_mib,
+            templates,
+            online,
+            last_seen_ms: now,
+            registered_at_ms,
+        };
+        tracing::info!(agent = %agent_id, hostname = %record.hostname, max_runners = record.max_runners, "agent registered");
+        self.writer.upsert_agent(record.clone());
+        match state.agents.get_mut(&agent_id) {
+            Some(entry) => {
+                entry.record = record;
+                entry.last_seen = Instant::now();
+            }
+            None => {
+                state.agents.insert(
+                    agent_id,
+                    AgentEntry {
+                        record,
+                        session: None,
+                        last_seen: Instant::now(),
+                    },
+                );
+            }
+        }
+        Ok(pb::RegisterAgentResponse {
+            snapshot_interval_ms: u64::try_from(self.config.timeouts.snapshot_interval.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Opens a session for a registered agent, replacing (and so ending) any older one.
+    pub fn open_session(&self, agent_id: &str) -> Result<SessionHandle, FleetError> {
+        let agent_id = AgentId::parse(agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let mut state = self.lock();
+        state.next_session += 1;
+        let session_id = state.next_session;
+        let entry = state.agents.get_mut(&agent_id).ok_or_else(|| {
+            FleetError::FailedPrecondition(format!("agent {agent_id} is not registered: call RegisterAgent first"))
+        })?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let cancel = self.shutdown.child_token();
+        if let Some(old) = entry.session.replace(Session {
+            id: session_id,
+            commands,
+            synced: false,
+            cancel: cancel.clone(),
+        }) {
+            old.cancel.cancel();
+            tracing::info!(agent = %agent_id, "agent reconnected; older session replaced");
+        }
+        entry.last_seen = Instant::now();
+        Ok(SessionHandle {
+            agent_id,
+            session_id,
+            commands: receiver,
+            cancel,
+        })
+    }
+
+    pub fn on_agent_message(&self, agent_id: &AgentId, session_id: u64, message: pb::AgentMessage) {
+        let mut state = self.lock();
+        let Some(entry) = state.agents.get_mut(agent_id) else {
+            return;
+        };
+        let Some(session) = entry.session.as_mut().filter(|s| s.id == session_id) else {
+            return; // a replaced session still draining
+        };
+        entry.last_seen = Instant::now();
+        match message.message {
+            Some(pb::agent_message::Message::Snapshot(snapshot)) => {
+                let first = !session.synced;
+                session.synced = true;
+                if first {
+                    entry.record.online = true;
+                    self.writer.agent_online(agent_id.clone(), true, now_ms());
+                    tracing::info!(agent = %agent_id, runners = snapshot.runners.len(), "agent online; reconciling");
+                }
+                self.reconcile(&mut state, agent_id, &snapshot, first);
+            }
+            Some(pb::agent_message::Message::RunnerUpdate(status)) => {
+                if !self.apply_status(&mut state, agent_id, &status) {
+                    self.delete_stray(&state, agent_id, &status);
+                }
+            }
+            Some(pb::agent_message::Message::Hello(_)) | None => {}
+        }
+    }
+
+    /// Ends a session if it is still the current one; the agent is offline until it returns.
+    pub fn close_session(&self, agent_id: &AgentId, session_id: u64, reason: &str) {
+        let mut state = self.lock();
+        let Some(entry) = state.agents.get_mut(agent_id) else {
+            return;
+        };
+        if entry.session.as_ref().is_some_and(|s| s.id == session_id) {
+            if let Some(session) = entry.session.take() {
+                session.cancel.cancel();
+            }
+            entry.record.online = false;
+            self.writer.agent_online(agent_id.clone(), false, now_ms());
+            tracing::warn!(agent = %agent_id, reason, "agent offline");
+        }
+    }
+
+    /// Ends the sessions of agents silent for longer than `agent_offline_after`.
+    pub fn expire_silent_agents(&self) {
+        let limit = self.config.timeouts.agent_offline_after;
+        let silent: Vec<(AgentId, u64)> = self
+            .lock()
+            .agents
+            .iter()
+            .filter(|(_, a)| a.last_seen.elapsed() > limit)
+            .filter_map(|(id, a)| a.session.as_ref().map(|s| (id.clone(), s.id)))
+            .collect();
+        for (agent_id, session_id) in silent {
+            self.close_session(&agent_id, session_id, "silent for longer than agent_offline_after");
+        }
+    }
+
+    /// Brings the fleet and an agent's report together. Runners the server no longer wants
+    /// are deleted on the agent; on a session's first snapshot, runners the agent no longer
+    /// has are marked lost and deleted (no create can be in flight before that snapshot).
+    fn reconcile(&self, state: &mut FleetState, agent_id: &AgentId, snapshot: &pb::Snapshot, first: bool) {
+        let mut reported = HashSet::new();
+        for status in &snapshot.runners {
+            if let Ok(id) = RunnerId::parse(&status.runner_id) {
+                reported.insert(id);
+            }
+            if !self.apply_status(state, agent_id, status) {
+                self.delete_stray(state, agent_id, status);
+            }
+        }
+        let mut lost = Vec::new();
+        let mut redelete = Vec::new();
+        for (id, entry) in &state.runners {
+            if &entry.record.agent_id != agent_id {
+                continue;
+            }
+            if first && !reported.contains(id) {
+                lost.push(id.clone());
+            } else if entry.record.delete_requested {
+                redelete.push(id.clone());
+            }
+        }
+        for id in lost {
+            self.finish_without_agent(state, &id, "the agent no longer has this runner (agent restarted or lost the VM)");
+        }
+        if let Some(agent) = state.agents.get(agent_id) {
+            for id in redelete {
+                agent.push(delete_command(&id));
+            }
+        }
+    }
+
+    fn delete_stray(&self, state: &FleetState, agent_id: &AgentId, status: &pb::RunnerStatus) {
+        if status.state == pb::RunnerState::Deleted as i32 {
+            return;
+        }
+        let Ok(id) = RunnerId::parse(&status.runner_id) else {
+            return;
+        };
+        tracing::warn!(agent = %agent_id, runner = %id, "agent has a runner the server does not want; deleting it");
+        if let Some(agent) = state.agents.get(agent_id) {
+            agent.push(delete_command(&id));
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The Prometheus `/metrics` endpoint.
+
+use crate::fleet::Fleet;
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    fleet: Arc<Fleet>,
+    shutdown: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for /metrics; change metrics_listen"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new().route("/metrics", get(render)).with_state(fleet);
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(error = %error, "metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
+async fn render(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
+    let body = fleet.metrics().render(&fleet.gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+}

@@ -1,0 +1,120 @@
+//! shoes-vz server: the API myshoes calls, the API agents keep a stream on, the scheduler,
+//! the state store and the metrics.
+//!
+//! # Layout
+//! - [`config`]: configuration and its validation.
+//! - [`fleet`]: the live state of agents and runners and every decision on it.
+//! - [`scheduler`]: pure placement rules.
+//! - [`store`]: durable state (SQLite or PostgreSQL through sqlx Any); [`writer`] orders writes.
+//! - [`shoes_api`], [`agent_api`]: thin gRPC handlers; [`auth`]: bearer tokens.
+//! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint.
+
+pub mod agent_api;
+pub mod auth;
+pub mod config;
+pub mod fleet;
+pub mod http;
+pub mod metrics;
+pub mod scheduler;
+pub mod shoes_api;
+pub mod store;
+pub mod writer;
+
+use anyhow::Context;
+use config::ServerConfig;
+use fleet::Fleet;
+use shoes_vz_protocol::agent::v1::agent_service_server::AgentServiceServer;
+use shoes_vz_protocol::shoes::v1::shoes_service_server::ShoesServiceServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A running server; dropping it does not stop it, [`RunningServer::shutdown`] does.
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub fleet: Arc<Fleet>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    writer_task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Validates the config, opens the store, binds the listeners and starts serving.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let store = store::Store::open(&config.database_url).await?;
+        let (writer, writer_task) = writer::StoreWriter::spawn(store.clone());
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::default());
+        let fleet = Arc::new(Fleet::load(Arc::clone(&config), store, writer, metrics, shutdown.clone()).await?);
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} for gRPC; is another server running?", config.listen))?;
+        let grpc_addr = listener.local_addr()?;
+        let mut tasks = JoinSet::new();
+
+        let shoes_auth = auth::BearerAuth::new(config.auth.token.as_deref().unwrap_or_default());
+        let agent_auth = auth::BearerAuth::new(config.agent_token().unwrap_or_default());
+        let shoes = ShoesServiceServer::with_interceptor(shoes_api::ShoesApi::new(Arc::clone(&fleet)), move |r| shoes_auth.check(r));
+        let agents = AgentServiceServer::with_interceptor(agent_api::AgentApi::new(Arc::clone(&fleet)), move |r| agent_auth.check(r));
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(tls) = &config.tls {
+            let cert = std::fs::read(&tls.cert).with_context(|| format!("cannot read tls.cert {}", tls.cert.display()))?;
+            let key = std::fs::read(&tls.key).with_context(|| format!("cannot read tls.key {}", tls.key.display()))?;
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))
+                .context("invalid TLS certificate or key")?;
+        }
+        let router = builder.add_service(shoes).add_service(agents);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+                tracing::error!(error = %error, "gRPC server stopped");
+            }
+        });
+
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => Some(http::serve_metrics(addr, Arc::clone(&fleet), shutdown.clone(), &mut tasks).await?),
+            None => None,
+        };
+
+        let liveness = Arc::clone(&fleet);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => liveness.expire_silent_agents(),
+                }
+            }
+        });
+        tracing::info!(%grpc_addr, ?metrics_addr, tls = config.tls.is_some(), "shoes-vz server listening");
+        Ok(RunningServer {
+            grpc_addr,
+            metrics_addr,
+            fleet,
+            shutdown,
+            tasks,
+            writer_task,
+        })
+    }
+
+    /// Stops serving, ends agent sessions, and waits for queued store writes.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.fleet.flush().await;
+        drop(self.fleet);
+        // The writer ends once the fleet (its last sender) is gone; don't wait on stray clones.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.writer_task).await;
+    }
+}

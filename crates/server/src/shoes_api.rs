@@ -1,0 +1,115 @@
+//! ShoesService: turns wire messages into fleet calls and back, and counts results.
+
+use crate::fleet::instances::AddRequest;
+use crate::fleet::{Fleet, FleetError};
+use crate::store::RunnerRecord;
+use shoes_vz_protocol::shoes::v1 as pb;
+use shoes_vz_protocol::shoes::v1::shoes_service_server::ShoesService;
+use shoes_vz_protocol::SHOES_TYPE;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct ShoesApi {
+    fleet: Arc<Fleet>,
+}
+
+impl ShoesApi {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        Self { fleet }
+    }
+
+    fn finish<T>(&self, method: &'static str, result: Result<T, FleetError>) -> Result<Response<T>, Status> {
+        let code = result.as_ref().map_or_else(FleetError::code, |_| tonic::Code::Ok);
+        self.fleet.metrics().count_request(method, code);
+        match result {
+            Ok(value) => Ok(Response::new(value)),
+            Err(error) => {
+                tracing::info!(method, code = ?code, error = %error, "request failed");
+                Err(error.into())
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ShoesService for ShoesApi {
+    async fn add_instance(&self, request: Request<pb::AddInstanceRequest>) -> Result<Response<pb::AddInstanceResponse>, Status> {
+        let request = request.into_inner();
+        let result = self
+            .fleet
+            .add_instance(AddRequest {
+                runner_name: request.runner_name,
+                setup_script: request.setup_script,
+                resource_type: request.resource_type,
+                labels: request.labels,
+            })
+            .await
+            .map(|outcome| pb::AddInstanceResponse {
+                cloud_id: outcome.cloud_id.to_string(),
+                shoes_type: SHOES_TYPE.to_string(),
+                ip_address: outcome.ip_address,
+                resource_type: outcome.resource_type.as_i32(),
+            });
+        self.finish("AddInstance", result)
+    }
+
+    async fn delete_instance(&self, request: Request<pb::DeleteInstanceRequest>) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
+        let request = request.into_inner();
+        let result = self.fleet.delete_instance(&request.cloud_id).await.map(|()| pb::DeleteInstanceResponse {});
+        self.finish("DeleteInstance", result)
+    }
+
+    async fn list_runners(&self, request: Request<pb::ListRunnersRequest>) -> Result<Response<pb::ListRunnersResponse>, Status> {
+        let include_deleted = request.into_inner().include_deleted;
+        let result = self.fleet.list_runners(include_deleted).await.map(|runners| pb::ListRunnersResponse {
+            runners: runners.iter().map(|(r, host)| runner_info(r, host)).collect(),
+        });
+        self.finish("ListRunners", result)
+    }
+
+    async fn get_runner(&self, request: Request<pb::GetRunnerRequest>) -> Result<Response<pb::GetRunnerResponse>, Status> {
+        let cloud_id = request.into_inner().cloud_id;
+        let result = async {
+            let id = shoes_vz_model::CloudId::parse(&cloud_id).map_err(|e| FleetError::NotFound(e.to_string()))?;
+            let (record, host) = self
+                .fleet
+                .get_runner(&id.runner_id())
+                .await?
+                .ok_or_else(|| FleetError::NotFound(format!("runner {cloud_id} was never issued by this server")))?;
+            Ok(pb::GetRunnerResponse {
+                runner: Some(runner_info(&record, &host)),
+            })
+        }
+        .await;
+        self.finish("GetRunner", result)
+    }
+}
+
+fn runner_info(r: &RunnerRecord, agent_hostname: &str) -> pb::RunnerInfo {
+    let t = &r.timings;
+    pb::RunnerInfo {
+        cloud_id: r.cloud_id().to_string(),
+        runner_id: r.runner_id.to_string(),
+        runner_name: r.runner_name.clone(),
+        agent_id: r.agent_id.to_string(),
+        agent_hostname: agent_hostname.to_string(),
+        template: r.template.clone(),
+        resource_type: r.resource_type.as_i32(),
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        state: r.state.to_string(),
+        ip_address: r.ip_address.clone(),
+        guest_runner_state: r.guest_runner_state.clone(),
+        error: r.error.clone(),
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+        timings: Some(pb::PhaseTimings {
+            clone_ms: t.clone_ms.unwrap_or(0),
+            boot_to_ip_ms: t.boot_to_ip_ms.unwrap_or(0),
+            boot_to_ssh_ms: t.boot_to_ssh_ms.unwrap_or(0),
+            setup_ms: t.setup_ms.unwrap_or(0),
+            startup_ms: t.startup_ms.unwrap_or(0),
+        }),
+        labels: r.labels.clone(),
+    }
+}

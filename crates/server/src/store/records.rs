@@ -1,0 +1,80 @@
+//! What the store keeps: agents, runners and each runner's state history.
+
+use serde::{Deserialize, Serialize};
+use shoes_vz_model::{AgentId, CloudId, ResourceType, RunnerId, RunnerState};
+
+/// An agent as last registered, and whether it is connected now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub agent_id: AgentId,
+    pub hostname: String,
+    pub backend: String,
+    pub max_runners: u32,
+    pub cpu_cores: u32,
+    pub memory_mib: u64,
+    pub templates: Vec<TemplateRecord>,
+    pub online: bool,
+    pub last_seen_ms: i64,
+    pub registered_at_ms: i64,
+}
+
+/// A VM template an agent offers; stored as JSON inside the agent's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TemplateRecord {
+    pub name: String,
+    pub version: String,
+    pub backend: String,
+    pub labels: Vec<String>,
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
+}
+
+/// A runner: where it runs, what it got, and where it is in its life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerRecord {
+    pub runner_id: RunnerId,
+    pub runner_name: String,
+    pub agent_id: AgentId,
+    pub template: String,
+    pub resource_type: ResourceType,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub labels: Vec<String>,
+    pub state: RunnerState,
+    pub delete_requested: bool,
+    pub ip_address: String,
+    pub guest_runner_state: String,
+    pub error: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub timings: Timings,
+}
+
+impl RunnerRecord {
+    /// The id myshoes knows this runner by; also stored in its own unique column.
+    pub fn cloud_id(&self) -> CloudId {
+        self.runner_id.cloud_id()
+    }
+}
+
+/// How long each step of bringing a runner up took; `None` until the step finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub clone_ms: Option<u64>,
+    pub boot_to_ip_ms: Option<u64>,
+    pub boot_to_ssh_ms: Option<u64>,
+    pub setup_ms: Option<u64>,
+    pub startup_ms: Option<u64>,
+}
+
+/// One entry of a runner's state history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateChange {
+    /// 1 for the state the runner was inserted with, then +1 per change.
+    pub seq: i64,
+    pub state: RunnerState,
+    /// The record's `updated_at_ms` (`created_at_ms` for the first entry).
+    pub at_ms: i64,
+    /// The record's `error` at the time, often empty.
+    pub detail: String,
+}

@@ -1,0 +1,177 @@
+//! Runners and their state history. Every write that changes `state` appends a history row
+//! in the same transaction, so the two never disagree.
+
+use super::decode::{self, opt_to_i64, to_i64, to_json};
+use super::records::{RunnerRecord, StateChange};
+use super::{sql, Backend, Store, StoreError};
+use shoes_vz_model::{RunnerId, RunnerState};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, Transaction};
+
+type AnyQuery<'a> = Query<'a, Any, AnyArguments>;
+
+/// A runner's values converted to what the columns hold, checked before any statement runs.
+struct Columns {
+    memory_mib: i64,
+    labels_json: String,
+    timings: [Option<i64>; 5],
+}
+
+impl Columns {
+    fn of(runner: &RunnerRecord) -> Result<Columns, StoreError> {
+        let t = &runner.timings;
+        Ok(Columns {
+            memory_mib: to_i64("memory_mib", runner.memory_mib)?,
+            labels_json: to_json("labels", &runner.labels)?,
+            timings: [
+                opt_to_i64("clone_ms", t.clone_ms)?,
+                opt_to_i64("boot_to_ip_ms", t.boot_to_ip_ms)?,
+                opt_to_i64("boot_to_ssh_ms", t.boot_to_ssh_ms)?,
+                opt_to_i64("setup_ms", t.setup_ms)?,
+                opt_to_i64("startup_ms", t.startup_ms)?,
+            ],
+        })
+    }
+
+    /// Binds the mutable columns, in `runner_columns!` order after the identity ones.
+    fn bind_mutable<'a>(&self, query: AnyQuery<'a>, runner: &RunnerRecord) -> AnyQuery<'a> {
+        let query = query
+            .bind(runner.runner_name.as_str())
+            .bind(runner.agent_id.as_str())
+            .bind(runner.template.as_str())
+            .bind(runner.resource_type.as_str())
+            .bind(i64::from(runner.vcpus))
+            .bind(self.memory_mib)
+            .bind(self.labels_json.as_str())
+            .bind(runner.state.as_str())
+            .bind(i64::from(runner.delete_requested))
+            .bind(runner.ip_address.as_str())
+            .bind(runner.guest_runner_state.as_str())
+            .bind(runner.error.as_str())
+            .bind(runner.updated_at_ms);
+        self.timings.iter().fold(query, |q, t| q.bind(*t))
+    }
+}
+
+impl Store {
+    /// Adds a new runner and its first history entry. A runner_id or cloud_id already
+    /// present is [`StoreError::Conflict`].
+    pub async fn insert_runner(&self, runner: &RunnerRecord) -> Result<(), StoreError> {
+        let columns = Columns::of(runner)?;
+        let query = sqlx::query(sql::INSERT_RUNNER)
+            .bind(runner.runner_id.as_str())
+            .bind(runner.cloud_id().as_str().to_string())
+            .bind(runner.created_at_ms);
+        let query = columns.bind_mutable(query, runner);
+
+        let mut tx = self.begin_write().await?;
+        let what = format!(
+            "runner {} (cloud_id {})",
+            runner.runner_id,
+            runner.cloud_id()
+        );
+        query
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::insert("insert a runner", what.clone()))?;
+        append_history(&mut tx, runner, runner.created_at_ms, what).await?;
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit a new runner"))
+    }
+
+    /// Overwrites the runner's mutable columns; appends a history entry if `state` differs
+    /// from the stored one. An unknown runner is [`StoreError::NotFound`].
+    pub async fn update_runner(&self, runner: &RunnerRecord) -> Result<(), StoreError> {
+        let columns = Columns::of(runner)?;
+        let mut tx = self.begin_write().await?;
+
+        let read_state = match self.backend {
+            Backend::Sqlite => sql::RUNNER_STATE_SQLITE,
+            Backend::Postgres => sql::RUNNER_STATE_POSTGRES,
+        };
+        let stored: Option<String> = sqlx::query_scalar(read_state)
+            .bind(runner.runner_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::query("read a runner's state"))?;
+        let Some(stored) = stored else {
+            return Err(StoreError::NotFound {
+                kind: "runner",
+                id: runner.runner_id.to_string(),
+            });
+        };
+
+        let query = sqlx::query(sql::UPDATE_RUNNER).bind(runner.runner_id.as_str());
+        columns
+            .bind_mutable(query, runner)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("update a runner"))?;
+        // A corrupt stored state counts as changed, so the history shows the repair.
+        if stored != runner.state.as_str() {
+            let what = format!("history of runner {}", runner.runner_id);
+            append_history(&mut tx, runner, runner.updated_at_ms, what).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(StoreError::query("commit a runner update"))
+    }
+
+    pub async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerRecord>, StoreError> {
+        let row = sqlx::query(sql::GET_RUNNER)
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::query("read a runner"))?;
+        row.as_ref().map(decode::runner).transpose()
+    }
+
+    /// Runners oldest first; deleted ones only when `include_deleted`.
+    pub async fn list_runners(
+        &self,
+        include_deleted: bool,
+    ) -> Result<Vec<RunnerRecord>, StoreError> {
+        let query = if include_deleted {
+            sqlx::query(sql::LIST_RUNNERS)
+        } else {
+            sqlx::query(sql::LIST_LIVE_RUNNERS).bind(RunnerState::Deleted.as_str())
+        };
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("list runners"))?;
+        rows.iter().map(decode::runner).collect()
+    }
+
+    /// The runner's states in the order it went through them (empty for an unknown runner).
+    pub async fn history(&self, id: &RunnerId) -> Result<Vec<StateChange>, StoreError> {
+        let rows = sqlx::query(sql::HISTORY)
+            .bind(id.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("read a runner's history"))?;
+        rows.iter()
+            .map(|row| decode::state_change(row, id))
+            .collect()
+    }
+}
+
+/// Appends `runner.state` as the next history entry; `error` doubles as the detail.
+async fn append_history(
+    tx: &mut Transaction<'static, Any>,
+    runner: &RunnerRecord,
+    at_ms: i64,
+    what: String,
+) -> Result<(), StoreError> {
+    sqlx::query(sql::APPEND_HISTORY)
+        .bind(runner.runner_id.as_str())
+        .bind(runner.state.as_str())
+        .bind(at_ms)
+        .bind(runner.error.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::insert("record a runner's state change", what))?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! Every statement the store runs. `$n` placeholders work on SQLite and PostgreSQL alike.
+
+pub const UPSERT_AGENT: &str = "INSERT INTO agents (agent_id, hostname, backend, max_runners, \
+     cpu_cores, memory_mib, templates_json, online, last_seen_ms, registered_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname, \
+     backend = excluded.backend, max_runners = excluded.max_runners, \
+     cpu_cores = excluded.cpu_cores, memory_mib = excluded.memory_mib, \
+     templates_json = excluded.templates_json, online = excluded.online, \
+     last_seen_ms = excluded.last_seen_ms, registered_at_ms = excluded.registered_at_ms";
+
+pub const SET_AGENT_ONLINE: &str =
+    "UPDATE agents SET online = $2, last_seen_ms = $3 WHERE agent_id = $1";
+
+pub const LIST_AGENTS: &str = "SELECT agent_id, hostname, backend, max_runners, cpu_cores, \
+     memory_mib, templates_json, online, last_seen_ms, registered_at_ms \
+     FROM agents ORDER BY registered_at_ms, agent_id";
+
+/// Columns of a runner row: the identity (runner_id, cloud_id, created_at_ms), then the
+/// mutable ones in the order `UPDATE_RUNNER` binds them as $2..$19.
+macro_rules! runner_columns {
+    () => {
+        "runner_id, cloud_id, created_at_ms, runner_name, agent_id, template, resource_type, \
+         vcpus, memory_mib, labels_json, state, delete_requested, ip_address, \
+         guest_runner_state, error, updated_at_ms, clone_ms, boot_to_ip_ms, boot_to_ssh_ms, \
+         setup_ms, startup_ms"
+    };
+}
+
+pub const INSERT_RUNNER: &str = concat!(
+    "INSERT INTO runners (",
+    runner_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+     $17, $18, $19, $20, $21)"
+);
+
+/// Overwrites the mutable columns; `runner_id` ($1) is the key, `cloud_id` and
+/// `created_at_ms` never change.
+pub const UPDATE_RUNNER: &str = "UPDATE runners SET runner_name = $2, agent_id = $3, \
+     template = $4, resource_type = $5, vcpus = $6, memory_mib = $7, labels_json = $8, \
+     state = $9, delete_requested = $10, ip_address = $11, guest_runner_state = $12, \
+     error = $13, updated_at_ms = $14, clone_ms = $15, boot_to_ip_ms = $16, \
+     boot_to_ssh_ms = $17, setup_ms = $18, startup_ms = $19 WHERE runner_id = $1";
+
+pub const GET_RUNNER: &str = concat!(
+    "SELECT ",
+    runner_columns!(),
+    " FROM runners WHERE runner_id = $1"
+);
+
+pub const LIST_RUNNERS: &str = concat!(
+    "SELECT ",
+    runner_columns!(),
+    " FROM runners ORDER BY created_at_ms, runner_id"
+);
+
+pub const LIST_LIVE_RUNNERS: &str = concat!(
+    "SELECT ",
+    runner_columns!(),
+    " FROM runners WHERE state <> $1 ORDER BY created_at_ms, runner_id"
+);
+
+/// The stored state, read inside a write transaction. SQLite already holds the database
+/// write lock (BEGIN IMMEDIATE); PostgreSQL needs the row lock so two updates of one runner
+/// cannot both see the old state.
+pub const RUNNER_STATE_SQLITE: &str = "SELECT state FROM runners WHERE runner_id = $1";
+pub const RUNNER_STATE_POSTGRES: &str = "SELECT state FROM runners WHERE runner_id = $1 FOR UPDATE";
+
+pub const APPEND_HISTORY: &str =
+    "INSERT INTO runner_history (runner_id, seq, state, at_ms, detail) \
+     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM runner_history WHERE runner_id = $1";
+
+pub const HISTORY: &str = "SELECT seq, state, at_ms, detail FROM runner_history \
+     WHERE runner_id = $1 ORDER BY seq";
