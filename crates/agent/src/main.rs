@@ -1,1 +1,94 @@
-fn main() {}
+//! `shoes-vz-agent`: loads the config (file, then `SHOESVZ_*` environment, then flags) and
+//! runs until SIGINT or SIGTERM, tearing its runners down on the way out.
+
+use anyhow::Context;
+use clap::Parser;
+use shoes_vz_agent::config::{AgentConfig, BackendKind};
+use shoes_vz_agent::RunningAgent;
+use shoes_vz_telemetry::{init_logging, LogFormat};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shoes-vz-agent",
+    version,
+    about = "shoes-vz agent: runs ephemeral runner VMs on this host for the server"
+)]
+struct Args {
+    /// TOML config file (every key is optional; see the README's configuration reference).
+    #[arg(long, env = "SHOESVZ_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Server gRPC URL [default: http://127.0.0.1:50051].
+    #[arg(long, env = "SHOESVZ_SERVER_URL")]
+    server_url: Option<String>,
+    /// Data directory (identity, runner-state.json) [default: /opt/myshoes/vz].
+    #[arg(long, env = "SHOESVZ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "SHOESVZ_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    #[arg(long, env = "SHOESVZ_RUNNERS_DIR")]
+    runners_dir: Option<PathBuf>,
+    #[arg(long, env = "SHOESVZ_BACKEND", value_enum)]
+    backend: Option<BackendKind>,
+    #[arg(long, env = "SHOESVZ_MAX_RUNNERS")]
+    max_runners: Option<u32>,
+    #[arg(long, env = "SHOESVZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str::<AgentConfig>(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => AgentConfig::default(),
+    };
+    if let Some(url) = args.server_url {
+        config.server_url = url;
+    }
+    if let Some(dir) = args.data_dir {
+        config.templates_dir = dir.join("templates");
+        config.runners_dir = dir.join("runners");
+        config.data_dir = dir;
+    }
+    if let Some(dir) = args.templates_dir {
+        config.templates_dir = dir;
+    }
+    if let Some(dir) = args.runners_dir {
+        config.runners_dir = dir;
+    }
+    if let Some(backend) = args.backend {
+        config.backend = backend;
+    }
+    if let Some(max) = args.max_runners {
+        config.capacity.max_runners = max;
+    }
+    // Tokens come only from the file or the environment, never flags: argv is world-readable.
+    if let Ok(token) =
+        std::env::var("SHOESVZ_AGENT_TOKEN").or_else(|_| std::env::var("SHOESVZ_TOKEN"))
+    {
+        config.token = Some(token);
+    }
+    let stop_wait = config.timeouts.stop + Duration::from_secs(10);
+    let agent = RunningAgent::start(config).await?;
+    wait_for_signal().await?;
+    tracing::info!("stopping: tearing down runners");
+    agent.shutdown(stop_wait).await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -139,7 +139,10 @@ impl Default for ResourceTable {
 
 impl ResourceTable {
     /// The type actually served (Unknown becomes the default) and its size.
-    pub fn resolve(&self, requested: ResourceType) -> Result<(ResourceType, ResourceSpec), ResourceError> {
+    pub fn resolve(
+        &self,
+        requested: ResourceType,
+    ) -> Result<(ResourceType, ResourceSpec), ResourceError> {
         let served = if requested == ResourceType::Unknown {
             self.default_type
         } else {
@@ -180,7 +183,9 @@ mod tests {
     #[test]
     fn unknown_resolves_to_the_default_and_is_echoed_as_served() {
         let table = ResourceTable::default();
-        let (served, spec) = table.resolve(ResourceType::Unknown).expect("default mapped");
+        let (served, spec) = table
+            .resolve(ResourceType::Unknown)
+            .expect("default mapped");
         assert_eq!(served, ResourceType::Medium);
         assert_eq!(spec.vcpus, 2);
         let (served, _) = table.resolve(ResourceType::Large).expect("large mapped");
@@ -195,8 +200,17 @@ mod tests {
             table.resolve(ResourceType::Xlarge4),
             Err(ResourceError::NotMapped(ResourceType::Xlarge4))
         );
-        table.types.insert(ResourceType::Nano, ResourceSpec { vcpus: 0, memory_mib: 1 });
-        assert_eq!(table.validate(), Err(ResourceError::Empty(ResourceType::Nano)));
+        table.types.insert(
+            ResourceType::Nano,
+            ResourceSpec {
+                vcpus: 0,
+                memory_mib: 1,
+            },
+        );
+        assert_eq!(
+            table.validate(),
+            Err(ResourceError::Empty(ResourceType::Nano))
+        );
     }
 
     #[test]

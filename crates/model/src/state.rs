@@ -145,7 +145,10 @@ mod tests {
         }
         assert_eq!(
             Running.transition(Booting),
-            Err(TransitionError { from: Running, to: Booting })
+            Err(TransitionError {
+                from: Running,
+                to: Booting
+            })
         );
     }
 

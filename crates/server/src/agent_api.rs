@@ -2,12 +2,12 @@
 
 use crate::fleet::Fleet;
 use futures::Stream;
+use futures::StreamExt;
 use shoes_vz_protocol::agent::v1 as pb;
 use shoes_vz_protocol::agent::v1::agent_service_server::AgentService;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 pub struct AgentApi {
@@ -24,25 +24,46 @@ type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn register_agent(&self, request: Request<pb::RegisterAgentRequest>) -> Result<Response<pb::RegisterAgentResponse>, Status> {
-        Ok(Response::new(self.fleet.register_agent(request.into_inner())?))
+    async fn register_agent(
+        &self,
+        request: Request<pb::RegisterAgentRequest>,
+    ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
+        Ok(Response::new(
+            self.fleet.register_agent(request.into_inner())?,
+        ))
     }
 
     type SyncStream = CommandStream;
 
-    async fn sync(&self, request: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
         let mut inbound = request.into_inner();
-        let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), inbound.next()).await {
-            Ok(Some(Ok(pb::AgentMessage {
-                message: Some(pb::agent_message::Message::Hello(hello)),
-            }))) => hello,
-            Ok(Some(Err(status))) => return Err(status),
-            Ok(_) => return Err(Status::invalid_argument("the first Sync message must be a Hello with the agent id")),
-            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s of opening Sync")),
-        };
+        let hello =
+            match tokio::time::timeout(std::time::Duration::from_secs(10), inbound.next()).await {
+                Ok(Some(Ok(pb::AgentMessage {
+                    message: Some(pb::agent_message::Message::Hello(hello)),
+                }))) => hello,
+                Ok(Some(Err(status))) => return Err(status),
+                Ok(_) => {
+                    return Err(Status::invalid_argument(
+                        "the first Sync message must be a Hello with the agent id",
+                    ))
+                }
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "no Hello within 10 s of opening Sync",
+                    ))
+                }
+            };
         let session = self.fleet.open_session(&hello.agent_id)?;
         let fleet = Arc::clone(&self.fleet);
-        let (agent_id, session_id, cancel) = (session.agent_id.clone(), session.session_id, session.cancel.clone());
+        let (agent_id, session_id, cancel) = (
+            session.agent_id.clone(),
+            session.session_id,
+            session.cancel.clone(),
+        );
         // Owned by the session: ends when the agent's stream ends or the session is replaced.
         tokio::spawn(async move {
             let reason = loop {

@@ -59,8 +59,15 @@ mod tests {
     #[test]
     fn accepts_only_the_exact_token() {
         let auth = BearerAuth::new("secret-token-0123");
-        assert!(auth.check(request_with(Some("Bearer secret-token-0123"))).is_ok());
-        for bad in [None, Some("Bearer secret-token-012"), Some("secret-token-0123"), Some("Bearer ")] {
+        assert!(auth
+            .check(request_with(Some("Bearer secret-token-0123")))
+            .is_ok());
+        for bad in [
+            None,
+            Some("Bearer secret-token-012"),
+            Some("secret-token-0123"),
+            Some("Bearer "),
+        ] {
             let status = auth.check(request_with(bad)).expect_err("refused");
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
             assert!(!status.message().contains("secret-token-0123"));

@@ -115,7 +115,10 @@ pub enum ConfigError {
 
 impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for token in [&self.auth.token, &self.auth.agent_token].into_iter().flatten() {
+        for token in [&self.auth.token, &self.auth.agent_token]
+            .into_iter()
+            .flatten()
+        {
             if token.len() < 16 {
                 return Err(ConfigError::WeakToken);
             }
@@ -142,7 +145,10 @@ impl ServerConfig {
     }
 
     pub fn agent_token(&self) -> Option<&str> {
-        self.auth.agent_token.as_deref().or(self.auth.token.as_deref())
+        self.auth
+            .agent_token
+            .as_deref()
+            .or(self.auth.token.as_deref())
     }
 }
 
@@ -174,7 +180,10 @@ mod tests {
         assert_eq!(config.listen.port(), 6000);
         assert_eq!(config.timeouts.add_instance, Duration::from_secs(180));
         assert_eq!(config.timeouts.delete_instance, Duration::from_secs(120));
-        assert_eq!(config.scheduler.default_template.as_deref(), Some("macos-26"));
+        assert_eq!(
+            config.scheduler.default_template.as_deref(),
+            Some("macos-26")
+        );
         assert!(toml::from_str::<ServerConfig>("listn = \"0.0.0.0:1\"").is_err());
     }
 
@@ -185,6 +194,9 @@ mod tests {
         assert!(matches!(config.validate(), Err(ConfigError::WeakToken)));
         config.auth.token = Some("0123456789abcdef".into());
         config.timeouts.agent_offline_after = Duration::from_secs(5);
-        assert!(matches!(config.validate(), Err(ConfigError::OfflineBeforeSnapshot)));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OfflineBeforeSnapshot)
+        ));
     }
 }

@@ -22,9 +22,13 @@ pub async fn serve_metrics(
         .await
         .with_context(|| format!("cannot listen on {addr} for /metrics; change metrics_listen"))?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/metrics", get(render)).with_state(fleet);
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .with_state(fleet);
     tasks.spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "metrics endpoint stopped");
         }
@@ -34,5 +38,11 @@ pub async fn serve_metrics(
 
 async fn render(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
     let body = fleet.metrics().render(&fleet.gauges());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }

@@ -50,39 +50,69 @@ impl RunningServer {
         let (writer, writer_task) = writer::StoreWriter::spawn(store.clone());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::default());
-        let fleet = Arc::new(Fleet::load(Arc::clone(&config), store, writer, metrics, shutdown.clone()).await?);
+        let fleet = Arc::new(
+            Fleet::load(
+                Arc::clone(&config),
+                store,
+                writer,
+                metrics,
+                shutdown.clone(),
+            )
+            .await?,
+        );
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .with_context(|| format!("cannot listen on {} for gRPC; is another server running?", config.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for gRPC; is another server running?",
+                    config.listen
+                )
+            })?;
         let grpc_addr = listener.local_addr()?;
         let mut tasks = JoinSet::new();
 
         let shoes_auth = auth::BearerAuth::new(config.auth.token.as_deref().unwrap_or_default());
         let agent_auth = auth::BearerAuth::new(config.agent_token().unwrap_or_default());
-        let shoes = ShoesServiceServer::with_interceptor(shoes_api::ShoesApi::new(Arc::clone(&fleet)), move |r| shoes_auth.check(r));
-        let agents = AgentServiceServer::with_interceptor(agent_api::AgentApi::new(Arc::clone(&fleet)), move |r| agent_auth.check(r));
+        let shoes = ShoesServiceServer::with_interceptor(
+            shoes_api::ShoesApi::new(Arc::clone(&fleet)),
+            move |r| shoes_auth.check(r),
+        );
+        let agents = AgentServiceServer::with_interceptor(
+            agent_api::AgentApi::new(Arc::clone(&fleet)),
+            move |r| agent_auth.check(r),
+        );
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)));
         if let Some(tls) = &config.tls {
-            let cert = std::fs::read(&tls.cert).with_context(|| format!("cannot read tls.cert {}", tls.cert.display()))?;
-            let key = std::fs::read(&tls.key).with_context(|| format!("cannot read tls.key {}", tls.key.display()))?;
+            let cert = std::fs::read(&tls.cert)
+                .with_context(|| format!("cannot read tls.cert {}", tls.cert.display()))?;
+            let key = std::fs::read(&tls.key)
+                .with_context(|| format!("cannot read tls.key {}", tls.key.display()))?;
             builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key)))
+                .tls_config(
+                    tonic::transport::ServerTlsConfig::new()
+                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                )
                 .context("invalid TLS certificate or key")?;
         }
         let router = builder.add_service(shoes).add_service(agents);
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(error) = router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await {
+            if let Err(error) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
                 tracing::error!(error = %error, "gRPC server stopped");
             }
         });
 
         let metrics_addr = match config.metrics_listen {
-            Some(addr) => Some(http::serve_metrics(addr, Arc::clone(&fleet), shutdown.clone(), &mut tasks).await?),
+            Some(addr) => Some(
+                http::serve_metrics(addr, Arc::clone(&fleet), shutdown.clone(), &mut tasks).await?,
+            ),
             None => None,
         };
 

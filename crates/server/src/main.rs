@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "shoes-vz-server", version, about = "shoes-vz server: schedules ephemeral runner VMs onto agents for myshoes")]
+#[command(
+    name = "shoes-vz-server",
+    version,
+    about = "shoes-vz server: schedules ephemeral runner VMs onto agents for myshoes"
+)]
 struct Args {
     /// TOML config file (every key is optional; see the README's configuration reference).
     #[arg(long, env = "SHOESVZ_SERVER_CONFIG")]
@@ -39,8 +43,10 @@ async fn main() -> anyhow::Result<()> {
     init_logging(args.log_format);
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str::<ServerConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str::<ServerConfig>(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
         }
         None => ServerConfig::default(),
     };

@@ -84,12 +84,26 @@ impl Default for Metrics {
         let runners_total = Family::<StateLabel, Gauge>::default();
         let capacity_total_runners = Gauge::default();
         let startup = seconds_buckets();
-        let phases = Family::<PhaseLabel, Histogram>::new_with_constructor(seconds_buckets as fn() -> Histogram);
+        let phases = Family::<PhaseLabel, Histogram>::new_with_constructor(
+            seconds_buckets as fn() -> Histogram,
+        );
         let requests = Family::<RequestLabel, Counter>::default();
         let fallbacks = Counter::default();
-        registry.register("shoesvz_agents_online", "Agents with a live, synced stream", agents_online.clone());
-        registry.register("shoesvz_agents_total", "Registered agents by status", agents_total.clone());
-        registry.register("shoesvz_runners_total", "Runners by state (deleted ones excluded)", runners_total.clone());
+        registry.register(
+            "shoesvz_agents_online",
+            "Agents with a live, synced stream",
+            agents_online.clone(),
+        );
+        registry.register(
+            "shoesvz_agents_total",
+            "Registered agents by status",
+            agents_total.clone(),
+        );
+        registry.register(
+            "shoesvz_runners_total",
+            "Runners by state (deleted ones excluded)",
+            runners_total.clone(),
+        );
         registry.register(
             "shoesvz_capacity_total_runners",
             "Runner slots on online agents",
@@ -136,13 +150,17 @@ impl Metrics {
 
     pub fn observe_phase(&self, phase: Phase, millis: u64) {
         self.phases
-            .get_or_create(&PhaseLabel { phase: phase.label() })
+            .get_or_create(&PhaseLabel {
+                phase: phase.label(),
+            })
             .observe(millis as f64 / 1000.0);
     }
 
     pub fn count_request(&self, method: &'static str, code: tonic::Code) {
         let code = format!("{code:?}");
-        self.requests.get_or_create(&RequestLabel { method, code }).inc();
+        self.requests
+            .get_or_create(&RequestLabel { method, code })
+            .inc();
     }
 
     pub fn count_warm_fallback(&self) {
@@ -152,9 +170,14 @@ impl Metrics {
     /// Renders the Prometheus text format after setting the gauges from `gauges`.
     pub fn render(&self, gauges: &FleetGauges) -> String {
         self.agents_online.set(gauges.agents_online);
-        self.agents_total.get_or_create(&StatusLabel { status: "online" }).set(gauges.agents_online);
-        self.agents_total.get_or_create(&StatusLabel { status: "offline" }).set(gauges.agents_offline);
-        self.capacity_total_runners.set(gauges.capacity_total_runners);
+        self.agents_total
+            .get_or_create(&StatusLabel { status: "online" })
+            .set(gauges.agents_online);
+        self.agents_total
+            .get_or_create(&StatusLabel { status: "offline" })
+            .set(gauges.agents_offline);
+        self.capacity_total_runners
+            .set(gauges.capacity_total_runners);
         for state in RunnerState::ALL {
             if state == RunnerState::Deleted {
                 continue;
@@ -164,7 +187,11 @@ impl Metrics {
                 .iter()
                 .find(|(s, _)| *s == state)
                 .map_or(0, |(_, n)| *n);
-            self.runners_total.get_or_create(&StateLabel { state: state.as_str() }).set(count);
+            self.runners_total
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(count);
         }
         let mut out = String::new();
         let registry = match self.registry.lock() {

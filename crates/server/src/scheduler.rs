@@ -107,7 +107,10 @@ fn serves(config: &SchedulerConfig, template: &TemplateRecord, wanted: &[String]
     }
     wanted.iter().all(|label| {
         template.name.eq_ignore_ascii_case(label)
-            || template.labels.iter().any(|l| l.eq_ignore_ascii_case(label))
+            || template
+                .labels
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(label))
     })
 }
 
@@ -165,7 +168,10 @@ mod tests {
         }
     }
 
-    const SMALL: ResourceSpec = ResourceSpec { vcpus: 2, memory_mib: 4096 };
+    const SMALL: ResourceSpec = ResourceSpec {
+        vcpus: 2,
+        memory_mib: 4096,
+    };
 
     fn labels(list: &[&str]) -> Vec<String> {
         list.iter().map(|l| l.to_string()).collect()
@@ -193,7 +199,10 @@ mod tests {
         let mut offline = agent(0, 2, vec![template("macos-26", &[])]);
         offline.ready = false;
         let result = place(&SchedulerConfig::default(), &[full, offline], &[], SMALL);
-        assert!(matches!(result, Err(PlacementError::NoRoomNow(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(PlacementError::NoRoomNow(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
@@ -201,27 +210,60 @@ mod tests {
         let mut tight = agent(1, 4, vec![template("t", &[])]);
         tight.memory_mib = 6000;
         let result = place(&SchedulerConfig::default(), &[tight], &[], SMALL);
-        assert!(matches!(result, Err(PlacementError::NoRoomNow(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(PlacementError::NoRoomNow(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
     fn unservable_labels_or_sizes_never_fit() {
         let a = agent(0, 2, vec![template("macos-26", &["macos", "arm64"])]);
         let config = SchedulerConfig::default();
-        let result = place(&config, std::slice::from_ref(&a), &labels(&["windows"]), SMALL);
-        assert!(matches!(result, Err(PlacementError::NeverFits(_))), "{result:?}");
-        let huge = ResourceSpec { vcpus: 64, memory_mib: 4096 };
+        let result = place(
+            &config,
+            std::slice::from_ref(&a),
+            &labels(&["windows"]),
+            SMALL,
+        );
+        assert!(
+            matches!(result, Err(PlacementError::NeverFits(_))),
+            "{result:?}"
+        );
+        let huge = ResourceSpec {
+            vcpus: 64,
+            memory_mib: 4096,
+        };
         let result = place(&config, &[a], &[], huge);
-        assert!(matches!(result, Err(PlacementError::NeverFits(_))), "{result:?}");
+        assert!(
+            matches!(result, Err(PlacementError::NeverFits(_))),
+            "{result:?}"
+        );
     }
 
     #[test]
     fn labels_match_names_or_template_labels_and_default_applies_when_none() {
-        let a = agent(0, 2, vec![template("linux", &[]), template("macos-26", &["macos"])]);
+        let a = agent(
+            0,
+            2,
+            vec![template("linux", &[]), template("macos-26", &["macos"])],
+        );
         let mut config = SchedulerConfig::default();
-        let by_label = place(&config, std::slice::from_ref(&a), &labels(&["MacOS"]), SMALL).expect("placed");
+        let by_label = place(
+            &config,
+            std::slice::from_ref(&a),
+            &labels(&["MacOS"]),
+            SMALL,
+        )
+        .expect("placed");
         assert_eq!(by_label.template, "macos-26");
-        let by_name = place(&config, std::slice::from_ref(&a), &labels(&["linux"]), SMALL).expect("placed");
+        let by_name = place(
+            &config,
+            std::slice::from_ref(&a),
+            &labels(&["linux"]),
+            SMALL,
+        )
+        .expect("placed");
         assert_eq!(by_name.template, "linux");
         config.default_template = Some("macos-26".into());
         let default = place(&config, &[a], &labels(&["self-hosted"]), SMALL).expect("placed");

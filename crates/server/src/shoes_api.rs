@@ -18,8 +18,14 @@ impl ShoesApi {
         Self { fleet }
     }
 
-    fn finish<T>(&self, method: &'static str, result: Result<T, FleetError>) -> Result<Response<T>, Status> {
-        let code = result.as_ref().map_or_else(FleetError::code, |_| tonic::Code::Ok);
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        result: Result<T, FleetError>,
+    ) -> Result<Response<T>, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(FleetError::code, |_| tonic::Code::Ok);
         self.fleet.metrics().count_request(method, code);
         match result {
             Ok(value) => Ok(Response::new(value)),
@@ -33,7 +39,10 @@ impl ShoesApi {
 
 #[tonic::async_trait]
 impl ShoesService for ShoesApi {
-    async fn add_instance(&self, request: Request<pb::AddInstanceRequest>) -> Result<Response<pb::AddInstanceResponse>, Status> {
+    async fn add_instance(
+        &self,
+        request: Request<pb::AddInstanceRequest>,
+    ) -> Result<Response<pb::AddInstanceResponse>, Status> {
         let request = request.into_inner();
         let result = self
             .fleet
@@ -53,29 +62,54 @@ impl ShoesService for ShoesApi {
         self.finish("AddInstance", result)
     }
 
-    async fn delete_instance(&self, request: Request<pb::DeleteInstanceRequest>) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
+    async fn delete_instance(
+        &self,
+        request: Request<pb::DeleteInstanceRequest>,
+    ) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
         let request = request.into_inner();
-        let result = self.fleet.delete_instance(&request.cloud_id).await.map(|()| pb::DeleteInstanceResponse {});
+        let result = self
+            .fleet
+            .delete_instance(&request.cloud_id)
+            .await
+            .map(|()| pb::DeleteInstanceResponse {});
         self.finish("DeleteInstance", result)
     }
 
-    async fn list_runners(&self, request: Request<pb::ListRunnersRequest>) -> Result<Response<pb::ListRunnersResponse>, Status> {
+    async fn list_runners(
+        &self,
+        request: Request<pb::ListRunnersRequest>,
+    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
         let include_deleted = request.into_inner().include_deleted;
-        let result = self.fleet.list_runners(include_deleted).await.map(|runners| pb::ListRunnersResponse {
-            runners: runners.iter().map(|(r, host)| runner_info(r, host)).collect(),
-        });
+        let result = self
+            .fleet
+            .list_runners(include_deleted)
+            .await
+            .map(|runners| pb::ListRunnersResponse {
+                runners: runners
+                    .iter()
+                    .map(|(r, host)| runner_info(r, host))
+                    .collect(),
+            });
         self.finish("ListRunners", result)
     }
 
-    async fn get_runner(&self, request: Request<pb::GetRunnerRequest>) -> Result<Response<pb::GetRunnerResponse>, Status> {
+    async fn get_runner(
+        &self,
+        request: Request<pb::GetRunnerRequest>,
+    ) -> Result<Response<pb::GetRunnerResponse>, Status> {
         let cloud_id = request.into_inner().cloud_id;
         let result = async {
-            let id = shoes_vz_model::CloudId::parse(&cloud_id).map_err(|e| FleetError::NotFound(e.to_string()))?;
-            let (record, host) = self
-                .fleet
-                .get_runner(&id.runner_id())
-                .await?
-                .ok_or_else(|| FleetError::NotFound(format!("runner {cloud_id} was never issued by this server")))?;
+            let id = shoes_vz_model::CloudId::parse(&cloud_id)
+                .map_err(|e| FleetError::NotFound(e.to_string()))?;
+            let (record, host) =
+                self.fleet
+                    .get_runner(&id.runner_id())
+                    .await?
+                    .ok_or_else(|| {
+                        FleetError::NotFound(format!(
+                            "runner {cloud_id} was never issued by this server"
+                        ))
+                    })?;
             Ok(pb::GetRunnerResponse {
                 runner: Some(runner_info(&record, &host)),
             })

@@ -52,8 +52,12 @@ impl Drop for AbandonGuard {
 }
 
 impl Fleet {
-    pub async fn add_instance(self: &Arc<Self>, request: AddRequest) -> Result<AddOutcome, FleetError> {
-        let name = RunnerName::parse(&request.runner_name).map_err(|e| FleetError::Invalid(e.to_string()))?;
+    pub async fn add_instance(
+        self: &Arc<Self>,
+        request: AddRequest,
+    ) -> Result<AddOutcome, FleetError> {
+        let name = RunnerName::parse(&request.runner_name)
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         validate_labels(&request.labels)?;
         if request.setup_script.len() > MAX_SETUP_SCRIPT {
             return Err(FleetError::Invalid(format!(
@@ -61,7 +65,8 @@ impl Fleet {
                 request.setup_script.len()
             )));
         }
-        let requested = ResourceType::from_i32(request.resource_type).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let requested = ResourceType::from_i32(request.resource_type)
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         let (served, spec) = self
             .config
             .resources
@@ -78,11 +83,12 @@ impl Fleet {
                 )));
             }
             let views = agent_views(&state);
-            let placement = scheduler::place(&self.config.scheduler, &views, &request.labels, spec).map_err(|e| match e {
-                PlacementError::NeverFits(_) => FleetError::Invalid(e.to_string()),
-                PlacementError::NoRoomNow(_) => FleetError::NoCapacity(e.to_string()),
-                PlacementError::NoAgents => FleetError::Unavailable(e.to_string()),
-            })?;
+            let placement = scheduler::place(&self.config.scheduler, &views, &request.labels, spec)
+                .map_err(|e| match e {
+                    PlacementError::NeverFits(_) => FleetError::Invalid(e.to_string()),
+                    PlacementError::NoRoomNow(_) => FleetError::NoCapacity(e.to_string()),
+                    PlacementError::NoAgents => FleetError::Unavailable(e.to_string()),
+                })?;
             let now = now_ms();
             let record = RunnerRecord {
                 runner_id: runner_id.clone(),
@@ -124,24 +130,35 @@ impl Fleet {
             guard.disarm();
             let mut state = self.lock();
             self.forget(&mut state, &runner_id);
-            return Err(FleetError::Unavailable(format!("cannot record the runner: {error}")));
+            return Err(FleetError::Unavailable(format!(
+                "cannot record the runner: {error}"
+            )));
         }
         let create = pb::ServerMessage {
-            message: Some(pb::server_message::Message::CreateRunner(pb::CreateRunner {
-                runner_id: runner_id.to_string(),
-                runner_name: name.to_string(),
-                setup_script: request.setup_script,
-                template: record.template.clone(),
-                vcpus: spec.vcpus,
-                memory_mib: spec.memory_mib,
-            })),
+            message: Some(pb::server_message::Message::CreateRunner(
+                pb::CreateRunner {
+                    runner_id: runner_id.to_string(),
+                    runner_name: name.to_string(),
+                    setup_script: request.setup_script,
+                    template: record.template.clone(),
+                    vcpus: spec.vcpus,
+                    memory_mib: spec.memory_mib,
+                },
+            )),
             sent_at_unix_us: unix_micros(),
         };
         let pushed = {
             let mut state = self.lock();
-            let pushed = state.agents.get(&record.agent_id).is_some_and(|a| a.push(create));
+            let pushed = state
+                .agents
+                .get(&record.agent_id)
+                .is_some_and(|a| a.push(create));
             if !pushed {
-                self.finish_without_agent(&mut state, &runner_id, "the agent disconnected before the create command reached it");
+                self.finish_without_agent(
+                    &mut state,
+                    &runner_id,
+                    "the agent disconnected before the create command reached it",
+                );
             }
             pushed
         };
@@ -152,7 +169,16 @@ impl Fleet {
             ));
         }
 
-        let waited = tokio::time::timeout_at(deadline, wait_for(&mut state_rx, |s| s.is_ready() || !s.holds_slot() || s == RunnerState::Error || s == RunnerState::TearingDown)).await;
+        let waited = tokio::time::timeout_at(
+            deadline,
+            wait_for(&mut state_rx, |s| {
+                s.is_ready()
+                    || !s.holds_slot()
+                    || s == RunnerState::Error
+                    || s == RunnerState::TearingDown
+            }),
+        )
+        .await;
         match waited {
             Ok(state) if state.is_ready() => {
                 guard.disarm();
@@ -169,7 +195,9 @@ impl Fleet {
                 })
             }
             Ok(state) => {
-                let detail = self.runner_error(&runner_id).unwrap_or_else(|| format!("it became {state}"));
+                let detail = self
+                    .runner_error(&runner_id)
+                    .unwrap_or_else(|| format!("it became {state}"));
                 Err(FleetError::RunnerFailed(format!(
                     "runner {} failed before SSH was ready and was destroyed: {detail}",
                     runner_id.cloud_id()
@@ -188,9 +216,15 @@ impl Fleet {
         let runner_id = cloud_id.runner_id();
         let Some((mut state_rx, agent_ready)) = self.request_delete(&runner_id) else {
             return match self.store.get_runner(&runner_id).await {
-                Ok(Some(_)) => Err(FleetError::NotFound(format!("runner {cloud_id} is already deleted"))),
-                Ok(None) => Err(FleetError::NotFound(format!("runner {cloud_id} was never issued by this server"))),
-                Err(e) => Err(FleetError::Unavailable(format!("cannot read the state store: {e}"))),
+                Ok(Some(_)) => Err(FleetError::NotFound(format!(
+                    "runner {cloud_id} is already deleted"
+                ))),
+                Ok(None) => Err(FleetError::NotFound(format!(
+                    "runner {cloud_id} was never issued by this server"
+                ))),
+                Err(e) => Err(FleetError::Unavailable(format!(
+                    "cannot read the state store: {e}"
+                ))),
             };
         };
         if !agent_ready {
@@ -208,7 +242,10 @@ impl Fleet {
 
     /// Records that a runner must go and tells its agent. Returns a watch on its state and
     /// whether the agent can act now, or `None` when the runner is already gone.
-    pub(crate) fn request_delete(&self, runner_id: &RunnerId) -> Option<(watch::Receiver<RunnerState>, bool)> {
+    pub(crate) fn request_delete(
+        &self,
+        runner_id: &RunnerId,
+    ) -> Option<(watch::Receiver<RunnerState>, bool)> {
         let mut state = self.lock();
         let entry = state.runners.get_mut(runner_id)?;
         if !entry.record.delete_requested {
@@ -218,20 +255,29 @@ impl Fleet {
         }
         let receiver = entry.state_tx.subscribe();
         let agent_id = entry.record.agent_id.clone();
-        let pushed = state.agents.get(&agent_id).is_some_and(|a| a.ready() && a.push(delete_command(runner_id)));
+        let pushed = state
+            .agents
+            .get(&agent_id)
+            .is_some_and(|a| a.ready() && a.push(delete_command(runner_id)));
         Some((receiver, pushed))
     }
 
     fn runner_error(&self, runner_id: &RunnerId) -> Option<String> {
         let state = self.lock();
-        let error = state.runners.get(runner_id).map(|e| e.record.error.clone())?;
+        let error = state
+            .runners
+            .get(runner_id)
+            .map(|e| e.record.error.clone())?;
         (!error.is_empty()).then_some(error)
     }
 }
 
 /// Waits until the watched state satisfies `done`; the last value counts when the runner is
 /// forgotten (its sender dropped).
-async fn wait_for(rx: &mut watch::Receiver<RunnerState>, done: impl Fn(RunnerState) -> bool) -> RunnerState {
+async fn wait_for(
+    rx: &mut watch::Receiver<RunnerState>,
+    done: impl Fn(RunnerState) -> bool,
+) -> RunnerState {
     loop {
         let current = *rx.borrow_and_update();
         if done(current) {
@@ -245,9 +291,15 @@ async fn wait_for(rx: &mut watch::Receiver<RunnerState>, done: impl Fn(RunnerSta
 
 fn validate_labels(labels: &[String]) -> Result<(), FleetError> {
     if labels.len() > MAX_LABELS {
-        return Err(FleetError::Invalid(format!("{} labels given; at most {MAX_LABELS} are accepted", labels.len())));
+        return Err(FleetError::Invalid(format!(
+            "{} labels given; at most {MAX_LABELS} are accepted",
+            labels.len()
+        )));
     }
-    if let Some(bad) = labels.iter().find(|l| l.is_empty() || l.len() > MAX_LABEL_LEN || l.chars().any(char::is_control)) {
+    if let Some(bad) = labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > MAX_LABEL_LEN || l.chars().any(char::is_control))
+    {
         return Err(FleetError::Invalid(format!(
             "label {:?} is empty, longer than {MAX_LABEL_LEN} bytes or has control characters",
             bad.chars().take(40).collect::<String>()
@@ -268,7 +320,10 @@ fn agent_views(state: &super::FleetState) -> Vec<AgentView> {
         .agents
         .values()
         .map(|agent| {
-            let (runners, vcpus, memory) = used.get(&agent.record.agent_id).copied().unwrap_or_default();
+            let (runners, vcpus, memory) = used
+                .get(&agent.record.agent_id)
+                .copied()
+                .unwrap_or_default();
             AgentView {
                 agent_id: agent.record.agent_id.clone(),
                 ready: agent.ready(),

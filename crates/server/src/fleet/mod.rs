@@ -100,7 +100,9 @@ impl Fleet {
             );
         }
         for record in store.list_runners(false).await? {
-            state.names.insert(record.runner_name.clone(), record.runner_id.clone());
+            state
+                .names
+                .insert(record.runner_name.clone(), record.runner_id.clone());
             let (state_tx, _) = watch::channel(record.state);
             state
                 .runners
@@ -159,7 +161,11 @@ impl Fleet {
                 .map(|stored| live.get(&stored.runner_id).cloned().unwrap_or(stored))
                 .collect()
         } else {
-            self.lock().runners.values().map(|e| e.record.clone()).collect()
+            self.lock()
+                .runners
+                .values()
+                .map(|e| e.record.clone())
+                .collect()
         };
         records.sort_by_key(|r| r.created_at_ms);
         let hostnames = self.hostnames();
@@ -172,15 +178,16 @@ impl Fleet {
             .collect())
     }
 
-    pub async fn get_runner(&self, id: &RunnerId) -> Result<Option<(RunnerRecord, String)>, FleetError> {
+    pub async fn get_runner(
+        &self,
+        id: &RunnerId,
+    ) -> Result<Option<(RunnerRecord, String)>, FleetError> {
         let live = self.lock().runners.get(id).map(|e| e.record.clone());
         let record = match live {
             Some(record) => Some(record),
-            None => self
-                .store
-                .get_runner(id)
-                .await
-                .map_err(|e| FleetError::Unavailable(format!("cannot read the state store: {e}")))?,
+            None => self.store.get_runner(id).await.map_err(|e| {
+                FleetError::Unavailable(format!("cannot read the state store: {e}"))
+            })?,
         };
         let hostnames = self.hostnames();
         Ok(record.map(|r| {
@@ -223,7 +230,12 @@ impl Fleet {
 
     /// Applies a state report to a runner the fleet knows. Returns false when the runner is
     /// unknown (the caller decides what to do with strays).
-    fn apply_status(&self, state: &mut FleetState, agent_id: &AgentId, status: &pb::RunnerStatus) -> bool {
+    fn apply_status(
+        &self,
+        state: &mut FleetState,
+        agent_id: &AgentId,
+        status: &pb::RunnerStatus,
+    ) -> bool {
         let Ok(runner_id) = RunnerId::parse(&status.runner_id) else {
             tracing::warn!(agent = %agent_id, "agent reported a malformed runner id; ignored");
             return true;
@@ -252,7 +264,9 @@ impl Fleet {
             record.error.clone_from(&status.error);
         }
         if !status.guest_runner_state.is_empty() {
-            record.guest_runner_state.clone_from(&status.guest_runner_state);
+            record
+                .guest_runner_state
+                .clone_from(&status.guest_runner_state);
         }
         if let Some(timings) = &status.timings {
             self.merge_timings(&mut record.timings, timings);
@@ -279,7 +293,11 @@ impl Fleet {
         let fields = [
             (&mut into.clone_ms, from.clone_ms, Phase::Clone),
             (&mut into.boot_to_ip_ms, from.boot_to_ip_ms, Phase::BootToIp),
-            (&mut into.boot_to_ssh_ms, from.boot_to_ssh_ms, Phase::BootToSsh),
+            (
+                &mut into.boot_to_ssh_ms,
+                from.boot_to_ssh_ms,
+                Phase::BootToSsh,
+            ),
             (&mut into.setup_ms, from.setup_ms, Phase::Setup),
         ];
         for (slot, value, phase) in fields {
@@ -335,9 +353,11 @@ pub(crate) fn state_from_pb(value: i32) -> Option<RunnerState> {
 
 pub(crate) fn delete_command(runner_id: &RunnerId) -> pb::ServerMessage {
     pb::ServerMessage {
-        message: Some(pb::server_message::Message::DeleteRunner(pb::DeleteRunner {
-            runner_id: runner_id.to_string(),
-        })),
+        message: Some(pb::server_message::Message::DeleteRunner(
+            pb::DeleteRunner {
+                runner_id: runner_id.to_string(),
+            },
+        )),
         sent_at_unix_us: unix_micros(),
     }
 }

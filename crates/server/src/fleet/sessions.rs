@@ -19,15 +19,22 @@ pub struct SessionHandle {
 }
 
 impl Fleet {
-    pub fn register_agent(&self, request: pb::RegisterAgentRequest) -> Result<pb::RegisterAgentResponse, FleetError> {
-        let agent_id = AgentId::parse(&request.agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
+    pub fn register_agent(
+        &self,
+        request: pb::RegisterAgentRequest,
+    ) -> Result<pb::RegisterAgentResponse, FleetError> {
+        let agent_id =
+            AgentId::parse(&request.agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
         if request.hostname.is_empty() || request.hostname.len() > 253 {
-            return Err(FleetError::Invalid("hostname must be 1-253 characters".into()));
+            return Err(FleetError::Invalid(
+                "hostname must be 1-253 characters".into(),
+            ));
         }
         let capacity = request.capacity.unwrap_or_default();
         let mut templates = Vec::with_capacity(request.templates.len());
         for t in request.templates {
-            validate_name("template name", &t.name, 64).map_err(|e| FleetError::Invalid(e.to_string()))?;
+            validate_name("template name", &t.name, 64)
+                .map_err(|e| FleetError::Invalid(e.to_string()))?;
             templates.push(TemplateRecord {
                 name: t.name,
                 version: t.version,
@@ -75,7 +82,8 @@ impl Fleet {
             }
         }
         Ok(pb::RegisterAgentResponse {
-            snapshot_interval_ms: u64::try_from(self.config.timeouts.snapshot_interval.as_millis()).unwrap_or(u64::MAX),
+            snapshot_interval_ms: u64::try_from(self.config.timeouts.snapshot_interval.as_millis())
+                .unwrap_or(u64::MAX),
         })
     }
 
@@ -86,7 +94,9 @@ impl Fleet {
         state.next_session += 1;
         let session_id = state.next_session;
         let entry = state.agents.get_mut(&agent_id).ok_or_else(|| {
-            FleetError::FailedPrecondition(format!("agent {agent_id} is not registered: call RegisterAgent first"))
+            FleetError::FailedPrecondition(format!(
+                "agent {agent_id} is not registered: call RegisterAgent first"
+            ))
         })?;
         let (commands, receiver) = mpsc::unbounded_channel();
         let cancel = self.shutdown.child_token();
@@ -164,14 +174,24 @@ impl Fleet {
             .filter_map(|(id, a)| a.session.as_ref().map(|s| (id.clone(), s.id)))
             .collect();
         for (agent_id, session_id) in silent {
-            self.close_session(&agent_id, session_id, "silent for longer than agent_offline_after");
+            self.close_session(
+                &agent_id,
+                session_id,
+                "silent for longer than agent_offline_after",
+            );
         }
     }
 
     /// Brings the fleet and an agent's report together. Runners the server no longer wants
     /// are deleted on the agent; on a session's first snapshot, runners the agent no longer
     /// has are marked lost and deleted (no create can be in flight before that snapshot).
-    fn reconcile(&self, state: &mut FleetState, agent_id: &AgentId, snapshot: &pb::Snapshot, first: bool) {
+    fn reconcile(
+        &self,
+        state: &mut FleetState,
+        agent_id: &AgentId,
+        snapshot: &pb::Snapshot,
+        first: bool,
+    ) {
         let mut reported = HashSet::new();
         for status in &snapshot.runners {
             if let Ok(id) = RunnerId::parse(&status.runner_id) {
@@ -194,7 +214,11 @@ impl Fleet {
             }
         }
         for id in lost {
-            self.finish_without_agent(state, &id, "the agent no longer has this runner (agent restarted or lost the VM)");
+            self.finish_without_agent(
+                state,
+                &id,
+                "the agent no longer has this runner (agent restarted or lost the VM)",
+            );
         }
         if let Some(agent) = state.agents.get(agent_id) {
             for id in redelete {

@@ -6,9 +6,10 @@ pub enum StoreError {
     #[error("state store URL {url} is not supported: use sqlite:///path/to/state.db?mode=rwc or postgres://user@host/db")]
     UnsupportedUrl { url: String },
 
-    #[error("cannot open the state store at {url}: check the URL, that the database server is reachable and that the file's directory exists and is writable")]
+    #[error("cannot open the state store at {url}: {hint}")]
     Open {
         url: String,
+        hint: &'static str,
         #[source]
         source: sqlx::Error,
     },

@@ -2,8 +2,9 @@
 //! runner's state history, in SQLite or PostgreSQL through sqlx's Any driver.
 //!
 //! # Layout
-//! - [`records`]: the record types callers read and write.
+//! - `records`: the record types callers read and write (re-exported here).
 //! - `agents`, `runners`: the [`Store`] methods for each table.
+//! - `open`: connecting (pool, SQLite pragmas).
 //! - `migrate`: the embedded schema (`crates/server/migrations/*.sql`) and its version table.
 //! - `sql`, `decode`: statements, and rows back into records.
 //!
@@ -13,7 +14,8 @@ mod agents;
 mod decode;
 mod error;
 mod migrate;
-pub mod records;
+mod open;
+mod records;
 mod runners;
 mod sql;
 #[cfg(test)]
@@ -22,14 +24,8 @@ mod tests;
 pub use error::StoreError;
 pub use records::{AgentRecord, RunnerRecord, StateChange, TemplateRecord, Timings};
 
-use error::redact_url;
-use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
-use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// How long (10 s) a SQLite writer waits for another before failing with "database is locked".
-const SQLITE_BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 10000";
 
 /// Handle to the state store; cheap to clone (shares one connection pool).
 #[derive(Clone, Debug)]
@@ -65,55 +61,9 @@ pub fn now_ms() -> i64 {
 
 impl Store {
     /// Connects to `url` (`sqlite:///abs/path/state.db?mode=rwc` or `postgres://…`) and
-    /// brings the schema up to date.
+    /// brings the schema up to date. Waits up to 30 s for a database that is still starting.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-
-        let shown = redact_url(url);
-        let backend = Backend::from_url(url)
-            .ok_or_else(|| StoreError::UnsupportedUrl { url: shown.clone() })?;
-        let open_error = |source| StoreError::Open {
-            url: shown.clone(),
-            source,
-        };
-
-        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
-        let pool = match backend {
-            // SQLite serialises writers anyway; a few connections let reads proceed meanwhile.
-            Backend::Sqlite => options
-                .max_connections(4)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        sqlx::query(SQLITE_BUSY_TIMEOUT).execute(&mut *conn).await?;
-                        Ok(())
-                    })
-                })
-                .connect(url)
-                .await
-                .map_err(open_error)?,
-            Backend::Postgres => options
-                .max_connections(10)
-                .connect(url)
-                .await
-                .map_err(open_error)?,
-        };
-
-        if backend == Backend::Sqlite {
-            // WAL lets readers run beside the writer; it is persistent, so setting it once per
-            // open is enough.
-            let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
-                .fetch_one(&pool)
-                .await
-                .map_err(open_error)?;
-            if !mode.eq_ignore_ascii_case("wal") {
-                tracing::warn!(url = %shown, mode, "state store could not switch SQLite to WAL; concurrent access will be slower");
-            }
-        }
-
-        let store = Store { pool, backend };
-        migrate::run(&store, &shown).await?;
-        Ok(store)
+        open::open(url, Duration::from_secs(30)).await
     }
 
     /// Starts a transaction that will write. SQLite takes the write lock up front (so the

@@ -61,7 +61,7 @@ impl Store {
         let columns = Columns::of(runner)?;
         let query = sqlx::query(sql::INSERT_RUNNER)
             .bind(runner.runner_id.as_str())
-            .bind(runner.cloud_id().as_str().to_string())
+            .bind(runner.cloud_id().to_string())
             .bind(runner.created_at_ms);
         let query = columns.bind_mutable(query, runner);
 
@@ -75,7 +75,9 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(StoreError::insert("insert a runner", what.clone()))?;
-        append_history(&mut tx, runner, runner.created_at_ms, what).await?;
+        append_history(&mut tx, runner, runner.created_at_ms)
+            .await
+            .map_err(StoreError::insert("record a new runner's state", what))?;
         tx.commit()
             .await
             .map_err(StoreError::query("commit a new runner"))
@@ -111,8 +113,9 @@ impl Store {
             .map_err(StoreError::query("update a runner"))?;
         // A corrupt stored state counts as changed, so the history shows the repair.
         if stored != runner.state.as_str() {
-            let what = format!("history of runner {}", runner.runner_id);
-            append_history(&mut tx, runner, runner.updated_at_ms, what).await?;
+            append_history(&mut tx, runner, runner.updated_at_ms)
+                .await
+                .map_err(StoreError::query("record a runner's state change"))?;
         }
         tx.commit()
             .await
@@ -163,15 +166,13 @@ async fn append_history(
     tx: &mut Transaction<'static, Any>,
     runner: &RunnerRecord,
     at_ms: i64,
-    what: String,
-) -> Result<(), StoreError> {
+) -> Result<(), sqlx::Error> {
     sqlx::query(sql::APPEND_HISTORY)
         .bind(runner.runner_id.as_str())
         .bind(runner.state.as_str())
         .bind(at_ms)
         .bind(runner.error.as_str())
         .execute(&mut **tx)
-        .await
-        .map_err(StoreError::insert("record a runner's state change", what))?;
+        .await?;
     Ok(())
 }

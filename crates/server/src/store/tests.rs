@@ -486,9 +486,16 @@ async fn bad_urls_fail_without_showing_passwords() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
 
     // Nothing listens on port 1; the error must still hide the password.
-    let err = Store::open("postgres://u:hunter2@127.0.0.1:1/x?connect_timeout=1")
-        .await
-        .expect_err("unreachable");
+    let err = open::open(
+        "postgres://u:hunter2@127.0.0.1:1/x",
+        std::time::Duration::from_secs(1),
+    )
+    .await
+    .expect_err("unreachable");
+    eprintln!(
+        "unreachable PostgreSQL: {err}: {:?}",
+        std::error::Error::source(&err)
+    );
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
 

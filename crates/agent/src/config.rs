@@ -1,0 +1,248 @@
+//! Agent configuration: one TOML file, `SHOESVZ_*` environment overrides, flags on top.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The server's gRPC URL, `http://host:50051` or `https://…` with TLS.
+    pub server_url: String,
+    /// Bearer token for the server's AgentService. Prefer `SHOESVZ_AGENT_TOKEN`/`SHOESVZ_TOKEN`.
+    pub token: Option<String>,
+    /// PEM CA certificate to verify the server's TLS certificate with.
+    pub tls_ca: Option<PathBuf>,
+    /// Where the agent keeps its identity.
+    pub data_dir: PathBuf,
+    /// Immutable templates, one directory each with a `TemplateMetadata.json`.
+    pub templates_dir: PathBuf,
+    /// Runner bundles; must be on the same copy-on-write volume as `templates_dir`.
+    pub runners_dir: PathBuf,
+    /// `runner-state.json` for external readers; defaults to `<data_dir>/runner-state.json`.
+    pub state_file: Option<PathBuf>,
+    pub backend: BackendKind,
+    pub capacity: Capacity,
+    pub clone_mode: CloneMode,
+    pub timeouts: AgentTimeouts,
+    /// Bytes of setup-script stdout and stderr kept each (the rest is dropped).
+    pub setup_output_limit: usize,
+    pub test_backend: TestBackendConfig,
+    pub reconnect: Reconnect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Loopback SSH servers that play VMs: isolates nothing, for tests, demos and scale runs.
+    Test,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Test => "test",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloneMode {
+    /// Copy-on-write clone (APFS clonefile, FICLONE on XFS/btrfs); fails where unsupported.
+    Reflink,
+    /// Full byte copy: slow and uses disk for every runner; logged loudly each time.
+    Copy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacity {
+    /// Runners at once. Virtualization.framework allows at most 2 macOS guests per host.
+    pub max_runners: u32,
+    /// vCPUs the agent may hand out in total.
+    pub cpu_cores: u32,
+    /// Memory (MiB) the agent may hand out in total.
+    pub memory_mib: u64,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_runners: 2,
+            cpu_cores: 8,
+            memory_mib: 16384,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentTimeouts {
+    #[serde(with = "humantime_serde")]
+    pub clone: Duration,
+    /// From VM start until the guest has an address.
+    #[serde(with = "humantime_serde")]
+    pub boot_to_ip: Duration,
+    /// From VM start until SSH answers.
+    #[serde(with = "humantime_serde")]
+    pub boot_to_ssh: Duration,
+    #[serde(with = "humantime_serde")]
+    pub setup_script: Duration,
+    /// Graceful stop before the VM is killed.
+    #[serde(with = "humantime_serde")]
+    pub stop: Duration,
+}
+
+impl Default for AgentTimeouts {
+    fn default() -> Self {
+        Self {
+            clone: Duration::from_secs(120),
+            boot_to_ip: Duration::from_secs(180),
+            boot_to_ssh: Duration::from_secs(200),
+            setup_script: Duration::from_secs(600),
+            stop: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestBackendConfig {
+    /// How long a test "VM" takes before its SSH server answers.
+    #[serde(with = "humantime_serde")]
+    pub boot_delay: Duration,
+    /// Never start the SSH server (to exercise boot timeouts).
+    pub never_ready: bool,
+}
+
+impl Default for TestBackendConfig {
+    fn default() -> Self {
+        Self {
+            boot_delay: Duration::from_millis(500),
+            never_ready: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reconnect {
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        let root = PathBuf::from("/opt/myshoes/vz");
+        Self {
+            server_url: "http://127.0.0.1:50051".to_string(),
+            token: None,
+            tls_ca: None,
+            data_dir: root.clone(),
+            templates_dir: root.join("templates"),
+            runners_dir: root.join("runners"),
+            state_file: None,
+            backend: BackendKind::Test,
+            capacity: Capacity::default(),
+            clone_mode: CloneMode::Reflink,
+            timeouts: AgentTimeouts::default(),
+            setup_output_limit: 64 * 1024,
+            test_backend: TestBackendConfig::default(),
+            reconnect: Reconnect::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentConfigError {
+    #[error("no agent token is configured: set SHOESVZ_AGENT_TOKEN (or SHOESVZ_TOKEN) or `token` in the config file")]
+    NoToken,
+    #[error("capacity.max_runners is 0: the agent could never run anything")]
+    NoCapacity,
+    #[error("server_url {0:?} must start with http:// or https://")]
+    BadServerUrl(String),
+    #[error(
+        "reconnect.max_backoff must be at least reconnect.initial_backoff, and both above zero"
+    )]
+    BadBackoff,
+}
+
+impl AgentConfig {
+    pub fn validate(&self) -> Result<(), AgentConfigError> {
+        if self.token.as_deref().is_none_or(str::is_empty) {
+            return Err(AgentConfigError::NoToken);
+        }
+        if self.capacity.max_runners == 0 {
+            return Err(AgentConfigError::NoCapacity);
+        }
+        if !(self.server_url.starts_with("http://") || self.server_url.starts_with("https://")) {
+            return Err(AgentConfigError::BadServerUrl(self.server_url.clone()));
+        }
+        let r = &self.reconnect;
+        if r.initial_backoff.is_zero() || r.max_backoff < r.initial_backoff {
+            return Err(AgentConfigError::BadBackoff);
+        }
+        Ok(())
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("runner-state.json"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_sets_nested_values_and_keeps_defaults() {
+        let config: AgentConfig = toml::from_str(
+            r#"
+            server_url = "https://server:50051"
+            token = "t"
+            clone_mode = "copy"
+            [capacity]
+            max_runners = 4
+            [timeouts]
+            boot_to_ssh = "90s"
+            "#,
+        )
+        .expect("valid");
+        config.validate().expect("valid config");
+        assert_eq!(config.capacity.max_runners, 4);
+        assert_eq!(config.capacity.cpu_cores, 8);
+        assert_eq!(config.clone_mode, CloneMode::Copy);
+        assert_eq!(config.timeouts.boot_to_ssh, Duration::from_secs(90));
+        assert_eq!(
+            config.state_file(),
+            PathBuf::from("/opt/myshoes/vz/runner-state.json")
+        );
+    }
+
+    #[test]
+    fn missing_token_and_bad_urls_are_refused() {
+        let mut config = AgentConfig::default();
+        assert!(matches!(config.validate(), Err(AgentConfigError::NoToken)));
+        config.token = Some("t".into());
+        config.server_url = "server:50051".into();
+        assert!(matches!(
+            config.validate(),
+            Err(AgentConfigError::BadServerUrl(_))
+        ));
+        assert!(toml::from_str::<AgentConfig>("bakend = \"test\"").is_err());
+    }
+}

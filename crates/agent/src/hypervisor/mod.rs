@@ -1,0 +1,106 @@
+//! The seam between the agent and a hypervisor. Backends speak only these neutral types;
+//! what a backend cannot do is a typed [`HypervisorError::Unsupported`], never a panic.
+//!
+//! # Layout
+//! - `mod.rs`: the [`Hypervisor`] trait, [`VmSpec`], [`VmEvent`], errors.
+//! - [`test_backend`]: loopback SSH servers that play VMs (isolates nothing).
+
+pub mod test_backend;
+
+use crate::bundle::MachineIdentifier;
+use russh::keys::{PrivateKey, PublicKey};
+use shoes_vz_model::RunnerId;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Everything a backend needs to run one runner's VM.
+#[derive(Clone)]
+pub struct VmSpec {
+    pub runner_id: RunnerId,
+    pub bundle_dir: PathBuf,
+    pub disk_files: Vec<PathBuf>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub machine_identifier: MachineIdentifier,
+    pub ssh_user: String,
+    /// The per-runner key the agent logs in with.
+    pub authorized_key: PublicKey,
+    /// The guest's SSH host key, made by the agent so it can verify the guest.
+    pub guest_host_key: Arc<PrivateKey>,
+}
+
+/// Where the agent reaches a booted guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestEndpoint {
+    /// The guest's own address (reported to myshoes).
+    pub ip_address: String,
+    /// Where the agent connects for SSH (a host forward for user-mode networking).
+    pub ssh_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The VM stopped without the agent asking (guest shutdown, crash, killed process).
+    Exited { runner_id: RunnerId, detail: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("the {backend} backend does not support {what}")]
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
+    #[error("no VM for runner {0} on this backend")]
+    UnknownVm(RunnerId),
+    #[error("a VM for runner {0} is already running")]
+    AlreadyRunning(RunnerId),
+    #[error("the VM of runner {runner_id} did not {what} within {after:?}")]
+    Timeout {
+        runner_id: RunnerId,
+        what: &'static str,
+        after: Duration,
+    },
+    #[error("the VM of runner {runner_id} stopped: {detail}")]
+    Exited { runner_id: RunnerId, detail: String },
+    #[error("the VM of runner {runner_id} failed to start")]
+    Start {
+        runner_id: RunnerId,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hypervisor I/O failed on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Short name (`test`, `qemu`, `vz`), as in templates' `backend`.
+    fn kind(&self) -> &'static str;
+
+    /// Boots the VM described by `spec`; returns once it is starting.
+    async fn start(&self, spec: &VmSpec) -> Result<(), HypervisorError>;
+
+    /// Waits until the guest has an address and SSH can be tried.
+    async fn guest_endpoint(
+        &self,
+        runner_id: &RunnerId,
+        timeout: Duration,
+    ) -> Result<GuestEndpoint, HypervisorError>;
+
+    /// Asks the guest to stop, then forces it after `timeout`. Unknown VMs are fine.
+    async fn stop(&self, runner_id: &RunnerId, timeout: Duration) -> Result<(), HypervisorError>;
+
+    /// Ends whatever an earlier agent process left running for a bundle (found at start).
+    async fn clean_leftover(&self, bundle_dir: &Path) -> Result<(), HypervisorError>;
+
+    /// VM events for every runner on this backend.
+    fn subscribe(&self) -> broadcast::Receiver<VmEvent>;
+}

@@ -1,0 +1,234 @@
+//! One task per runner: clone → boot → guest address → SSH ready → setup script → running,
+//! then wait for deletion; every stage under a timeout, any failure destroys the runner.
+
+use super::RunnerManager;
+use crate::bundle::{self, Bundle, MachineIdentifier, RuntimeMetadata};
+use crate::hypervisor::{HypervisorError, VmSpec};
+use crate::ssh::{self, SshError, SshTarget};
+use crate::template::Template;
+use shoes_vz_model::{RunnerId, RunnerName, RunnerState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// What the server asked for.
+pub struct Work {
+    pub runner_id: RunnerId,
+    pub runner_name: RunnerName,
+    pub template: Template,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Holds a GitHub registration token: fed over SSH stdin, never logged.
+    pub setup_script: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("deleted on request")]
+    Cancelled,
+    #[error("the VM stopped on its own: {0}")]
+    VmExited(String),
+    #[error("cloning the template did not finish within {0:?}")]
+    CloneTimeout(Duration),
+    #[error("cannot build the runner bundle")]
+    Bundle(#[from] bundle::BundleError),
+    #[error("cannot prepare SSH keys")]
+    Keys(#[source] SshError),
+    #[error("the hypervisor failed")]
+    Hypervisor(#[from] HypervisorError),
+    #[error("SSH never became ready")]
+    SshNotReady(#[source] SshError),
+    #[error("the setup script could not run")]
+    SetupTransport(#[source] SshError),
+    #[error("the setup script exited with {0}; the runner was not registered")]
+    SetupFailed(String),
+    #[error("an internal task failed: {0}")]
+    Internal(String),
+}
+
+impl RunnerManager {
+    pub(super) async fn run_lifecycle(
+        self: Arc<Self>,
+        work: Work,
+        cancel: CancellationToken,
+        vm_exit: CancellationToken,
+    ) {
+        let runner_id = work.runner_id.clone();
+        let bundle_dir = Bundle::path_for(&self.config.runners_dir, &runner_id);
+        let outcome = tokio::select! {
+            result = self.bring_up(&work) => result,
+            _ = cancel.cancelled() => Err(LifecycleError::Cancelled),
+            _ = vm_exit.cancelled() => Err(LifecycleError::VmExited(self.exit_detail(&runner_id))),
+        };
+        match outcome {
+            Ok(()) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = vm_exit.cancelled() => self.fail(&runner_id, &LifecycleError::VmExited(self.exit_detail(&runner_id))),
+                }
+            }
+            Err(LifecycleError::Cancelled) => {}
+            Err(error) => self.fail(&runner_id, &error),
+        }
+        self.tear_down(&runner_id, bundle_dir).await;
+    }
+
+    fn fail(&self, runner_id: &RunnerId, error: &LifecycleError) {
+        let message = crate::error_chain(error);
+        tracing::warn!(runner = %runner_id, error = %message, "runner failed; destroying it");
+        self.update(runner_id, |view| {
+            view.state = RunnerState::Error;
+            view.error = Some(message);
+        });
+    }
+
+    async fn bring_up(&self, work: &Work) -> Result<(), LifecycleError> {
+        let id = &work.runner_id;
+        let timeouts = &self.config.timeouts;
+        let client_key = Arc::new(ssh::generate_ed25519().map_err(LifecycleError::Keys)?);
+        let host_key = Arc::new(ssh::generate_ed25519().map_err(LifecycleError::Keys)?);
+
+        let bundle = {
+            let template = work.template.clone();
+            let runners_dir = self.config.runners_dir.clone();
+            let runner_id = id.clone();
+            let mode = self.config.clone_mode;
+            let building = tokio::task::spawn_blocking(move || {
+                bundle::create(
+                    &template,
+                    &runners_dir,
+                    &runner_id,
+                    mode,
+                    MachineIdentifier::generate(),
+                )
+            });
+            tokio::time::timeout(timeouts.clone, building)
+                .await
+                .map_err(|_| LifecycleError::CloneTimeout(timeouts.clone))?
+                .map_err(|e| LifecycleError::Internal(e.to_string()))??
+        };
+        let clone_ms = millis(bundle.clone_time);
+        // Kept so an operator can `ssh -i` into a live runner while debugging.
+        ssh::write_private_key_openssh(&client_key, &bundle.dir.join("id_ed25519"))
+            .map_err(LifecycleError::Keys)?;
+        let mut runtime = RuntimeMetadata {
+            runner_id: id.to_string(),
+            runner_name: work.runner_name.to_string(),
+            template: work.template.metadata.name.clone(),
+            template_version: work.template.metadata.version.clone(),
+            backend: self.hypervisor.kind().to_string(),
+            vcpus: work.vcpus,
+            memory_mib: work.memory_mib,
+            created_at_ms: crate::now_ms(),
+            ssh_user: work.template.metadata.ssh_user.clone(),
+            clone_ms: Some(clone_ms),
+            ..RuntimeMetadata::default()
+        };
+        bundle.write_runtime_metadata(&runtime)?;
+        self.update(id, |view| {
+            view.state = RunnerState::Booting;
+            view.timings.clone_ms = Some(clone_ms);
+        });
+
+        let spec = VmSpec {
+            runner_id: id.clone(),
+            bundle_dir: bundle.dir.clone(),
+            disk_files: bundle.disk_files.clone(),
+            vcpus: work.vcpus,
+            memory_mib: work.memory_mib,
+            machine_identifier: bundle.machine_identifier,
+            ssh_user: work.template.metadata.ssh_user.clone(),
+            authorized_key: client_key.public_key().clone(),
+            guest_host_key: Arc::clone(&host_key),
+        };
+        let boot_started = Instant::now();
+        self.hypervisor.start(&spec).await?;
+        let endpoint = self
+            .hypervisor
+            .guest_endpoint(id, timeouts.boot_to_ip)
+            .await?;
+        let boot_to_ip_ms = millis(boot_started.elapsed());
+        runtime.ip_address = Some(endpoint.ip_address.clone());
+        runtime.ssh_address = Some(endpoint.ssh_addr.to_string());
+        runtime.boot_to_ip_ms = Some(boot_to_ip_ms);
+        bundle.write_runtime_metadata(&runtime)?;
+        self.update(id, |view| {
+            view.ip_address = Some(endpoint.ip_address.clone());
+            view.ssh_address = Some(endpoint.ssh_addr.to_string());
+            view.timings.boot_to_ip_ms = Some(boot_to_ip_ms);
+        });
+
+        let target = SshTarget {
+            addr: endpoint.ssh_addr,
+            user: work.template.metadata.ssh_user.clone(),
+            client_key,
+            expected_host_key: host_key.public_key().clone(),
+        };
+        let remaining = timeouts.boot_to_ssh.saturating_sub(boot_started.elapsed());
+        let session = ssh::wait_ready(&target, remaining)
+            .await
+            .map_err(LifecycleError::SshNotReady)?;
+        let boot_to_ssh_ms = millis(boot_started.elapsed());
+        runtime.boot_to_ssh_ms = Some(boot_to_ssh_ms);
+        bundle.write_runtime_metadata(&runtime)?;
+        self.update(id, |view| {
+            view.state = RunnerState::SshReady;
+            view.timings.boot_to_ssh_ms = Some(boot_to_ssh_ms);
+        });
+
+        let setup_started = Instant::now();
+        let output = session
+            .run_script(
+                &work.template.metadata.setup_shell,
+                work.setup_script.as_bytes(),
+                timeouts.setup_script,
+                self.config.setup_output_limit,
+            )
+            .await
+            .map_err(LifecycleError::SetupTransport)?;
+        session.close().await;
+        if output.exit_status != Some(0) {
+            // Only the status: the output may echo the registration token.
+            let status = output
+                .exit_status
+                .map_or("no exit status".to_string(), |s| format!("status {s}"));
+            return Err(LifecycleError::SetupFailed(status));
+        }
+        let setup_ms = millis(setup_started.elapsed());
+        runtime.setup_ms = Some(setup_ms);
+        bundle.write_runtime_metadata(&runtime)?;
+        self.update(id, |view| {
+            view.state = RunnerState::Running;
+            view.timings.setup_ms = Some(setup_ms);
+        });
+        Ok(())
+    }
+
+    async fn tear_down(&self, runner_id: &RunnerId, bundle_dir: std::path::PathBuf) {
+        self.update(runner_id, |view| view.state = RunnerState::TearingDown);
+        if let Err(error) = self
+            .hypervisor
+            .stop(runner_id, self.config.timeouts.stop)
+            .await
+        {
+            tracing::error!(runner = %runner_id, error = %error, "cannot stop the VM");
+        }
+        let removed = tokio::task::spawn_blocking(move || bundle::remove(&bundle_dir)).await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(runner = %runner_id, error = %error, "cannot remove the bundle")
+            }
+            Err(error) => {
+                tracing::error!(runner = %runner_id, error = %error, "bundle removal task failed")
+            }
+        }
+        self.finish(runner_id);
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}

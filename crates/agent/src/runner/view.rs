@@ -1,0 +1,110 @@
+//! What the agent knows of each runner, and how it is reported: to the server (protobuf) and
+//! to external readers (`runner-state.json`).
+
+use serde::Serialize;
+use shoes_vz_model::{RunnerId, RunnerState};
+use shoes_vz_protocol::agent::v1 as pb;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseTimes {
+    pub clone_ms: Option<u64>,
+    pub boot_to_ip_ms: Option<u64>,
+    pub boot_to_ssh_ms: Option<u64>,
+    pub setup_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerView {
+    pub runner_id: RunnerId,
+    pub runner_name: String,
+    pub template: String,
+    pub state: RunnerState,
+    pub ip_address: Option<String>,
+    pub ssh_address: Option<String>,
+    pub error: Option<String>,
+    pub guest_runner_state: Option<String>,
+    pub created_at_ms: i64,
+    pub timings: PhaseTimes,
+}
+
+impl RunnerView {
+    pub fn to_status(&self) -> pb::RunnerStatus {
+        pb::RunnerStatus {
+            runner_id: self.runner_id.to_string(),
+            state: state_to_pb(self.state) as i32,
+            ip_address: self.ip_address.clone().unwrap_or_default(),
+            error: self.error.clone().unwrap_or_default(),
+            timings: Some(pb::PhaseTimings {
+                clone_ms: self.timings.clone_ms.unwrap_or(0),
+                boot_to_ip_ms: self.timings.boot_to_ip_ms.unwrap_or(0),
+                boot_to_ssh_ms: self.timings.boot_to_ssh_ms.unwrap_or(0),
+                setup_ms: self.timings.setup_ms.unwrap_or(0),
+            }),
+            guest_runner_state: self.guest_runner_state.clone().unwrap_or_default(),
+        }
+    }
+}
+
+pub fn state_to_pb(state: RunnerState) -> pb::RunnerState {
+    match state {
+        RunnerState::Creating => pb::RunnerState::Creating,
+        RunnerState::Booting => pb::RunnerState::Booting,
+        RunnerState::SshReady => pb::RunnerState::SshReady,
+        RunnerState::Running => pb::RunnerState::Running,
+        RunnerState::TearingDown => pb::RunnerState::TearingDown,
+        RunnerState::Error => pb::RunnerState::Error,
+        RunnerState::Deleted => pb::RunnerState::Deleted,
+    }
+}
+
+/// A status for a runner the agent does not have (so the server can let it go).
+pub fn gone_status(runner_id: &str) -> pb::RunnerStatus {
+    pb::RunnerStatus {
+        runner_id: runner_id.to_string(),
+        state: pb::RunnerState::Deleted as i32,
+        ..Default::default()
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StateFileBody<'a> {
+    agent_id: &'a str,
+    updated_at_ms: i64,
+    runners: Vec<&'a RunnerView>,
+}
+
+/// `runner-state.json`: the agent's runners for external readers, rewritten atomically.
+pub struct StateFile {
+    path: PathBuf,
+    agent_id: String,
+}
+
+impl StateFile {
+    pub fn new(path: PathBuf, agent_id: String) -> Self {
+        Self { path, agent_id }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write<'a>(&self, runners: impl Iterator<Item = &'a RunnerView>) {
+        let mut runners: Vec<&RunnerView> = runners.collect();
+        runners.sort_by_key(|r| r.created_at_ms);
+        let body = StateFileBody {
+            agent_id: &self.agent_id,
+            updated_at_ms: crate::now_ms(),
+            runners,
+        };
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(error) = crate::fsutil::write_json_atomic(&self.path, &body) {
+            tracing::warn!(path = %self.path.display(), error = %error, "cannot write the runner state file");
+        }
+    }
+}

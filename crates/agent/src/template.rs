@@ -1,0 +1,269 @@
+//! Templates: read-only directories with a `TemplateMetadata.json`, validated at start and
+//! never written by the agent.
+
+use serde::{Deserialize, Serialize};
+use shoes_vz_model::ids::validate_name;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const METADATA_FILE: &str = "TemplateMetadata.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateMetadata {
+    pub name: String,
+    pub version: String,
+    /// The backend that can boot it: `test`, `qemu` or `vz`.
+    pub backend: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    pub ssh_user: String,
+    /// Files cloned into every runner bundle, relative to the template directory.
+    pub disk_files: Vec<String>,
+    pub limits: TemplateLimits,
+    /// Command that runs the setup script fed on stdin.
+    #[serde(default = "default_setup_shell")]
+    pub setup_shell: String,
+}
+
+fn default_setup_shell() -> String {
+    "bash -s".to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateLimits {
+    pub max_vcpus: u32,
+    pub max_memory_mib: u64,
+}
+
+/// A validated template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub dir: PathBuf,
+    pub metadata: TemplateMetadata,
+}
+
+impl Template {
+    pub fn disk_paths(&self) -> impl Iterator<Item = (&str, PathBuf)> {
+        self.metadata
+            .disk_files
+            .iter()
+            .map(|file| (file.as_str(), self.dir.join(file)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot read templates directory {path}; create it or set templates_dir")]
+    ReadDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template {dir}: cannot read {METADATA_FILE}")]
+    ReadMetadata {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("template {dir}: {METADATA_FILE} is not valid")]
+    ParseMetadata {
+        dir: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("template {dir}: {problem}")]
+    Invalid { dir: PathBuf, problem: String },
+    #[error(
+        "templates {first} and {second} are both named {name:?}; template names must be unique"
+    )]
+    Duplicate {
+        name: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("no template for backend {backend:?} in {dir}; build or import one first")]
+    NoneForBackend { backend: String, dir: PathBuf },
+}
+
+/// Loads and validates one template directory.
+pub fn load(dir: &Path) -> Result<Template, TemplateError> {
+    let text =
+        std::fs::read(dir.join(METADATA_FILE)).map_err(|source| TemplateError::ReadMetadata {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let metadata: TemplateMetadata =
+        serde_json::from_slice(&text).map_err(|source| TemplateError::ParseMetadata {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let invalid = |problem: String| TemplateError::Invalid {
+        dir: dir.to_path_buf(),
+        problem,
+    };
+    validate_name("template name", &metadata.name, 64).map_err(|e| invalid(e.to_string()))?;
+    validate_name("template version", &metadata.version, 64).map_err(|e| invalid(e.to_string()))?;
+    validate_name("sshUser", &metadata.ssh_user, 32).map_err(|e| invalid(e.to_string()))?;
+    if metadata.disk_files.is_empty() {
+        return Err(invalid(
+            "diskFiles is empty; list the disk images to clone".into(),
+        ));
+    }
+    for file in &metadata.disk_files {
+        // One plain component: a template can never make the agent clone from outside itself.
+        validate_name("disk file", file, 128).map_err(|e| invalid(e.to_string()))?;
+        let path = dir.join(file);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| invalid(format!("disk file {file} cannot be read: {e}")))?;
+        if !meta.file_type().is_file() {
+            return Err(invalid(format!("disk file {file} is not a regular file")));
+        }
+    }
+    if metadata.limits.max_vcpus == 0 || metadata.limits.max_memory_mib == 0 {
+        return Err(invalid(
+            "limits.maxVcpus and limits.maxMemoryMib must be above zero".into(),
+        ));
+    }
+    if metadata.setup_shell.trim().is_empty() {
+        return Err(invalid("setupShell is empty".into()));
+    }
+    Ok(Template {
+        dir: dir.to_path_buf(),
+        metadata,
+    })
+}
+
+/// Loads every template under `root` for `backend`. Templates of other backends are skipped
+/// (logged); an invalid template stops the agent, so a broken image is never served.
+pub fn load_all(root: &Path, backend: &str) -> Result<BTreeMap<String, Template>, TemplateError> {
+    let entries = std::fs::read_dir(root).map_err(|source| TemplateError::ReadDir {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut templates: BTreeMap<String, Template> = BTreeMap::new();
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join(METADATA_FILE).is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let template = load(&dir)?;
+        if template.metadata.backend != backend {
+            tracing::info!(template = %template.metadata.name, backend = %template.metadata.backend, "template is for another backend; skipped");
+            continue;
+        }
+        if let Some(first) = templates.get(&template.metadata.name) {
+            return Err(TemplateError::Duplicate {
+                name: template.metadata.name.clone(),
+                first: first.dir.clone(),
+                second: dir,
+            });
+        }
+        templates.insert(template.metadata.name.clone(), template);
+    }
+    if templates.is_empty() {
+        return Err(TemplateError::NoneForBackend {
+            backend: backend.to_string(),
+            dir: root.to_path_buf(),
+        });
+    }
+    Ok(templates)
+}
+
+/// Creates the embedded default template of the test backend (a small sparse "disk") if it
+/// is missing. Used by `shoes-vz dev` and the tests.
+pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let dir = root.join(name);
+    if dir.join(METADATA_FILE).is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let disk = std::fs::File::create(dir.join("Disk.img"))?;
+    disk.set_len(64 * 1024 * 1024)?;
+    let metadata = TemplateMetadata {
+        name: name.to_string(),
+        version: "1".to_string(),
+        backend: "test".to_string(),
+        labels: vec!["test".to_string(), "linux".to_string()],
+        ssh_user: "runner".to_string(),
+        disk_files: vec!["Disk.img".to_string()],
+        limits: TemplateLimits {
+            max_vcpus: 64,
+            max_memory_mib: 1024 * 1024,
+        },
+        setup_shell: "sh -s".to_string(),
+    };
+    crate::fsutil::write_json_atomic(&dir.join(METADATA_FILE), &metadata)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_metadata(dir: &Path, json: &str) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join(METADATA_FILE), json).expect("write");
+    }
+
+    #[test]
+    fn default_test_template_loads_and_round_trips() {
+        let root = tempfile::tempdir().expect("tempdir");
+        ensure_test_template(root.path(), "test-default").expect("created");
+        let all = load_all(root.path(), "test").expect("loads");
+        let t = &all["test-default"];
+        assert_eq!(t.metadata.disk_files, vec!["Disk.img"]);
+        assert_eq!(t.disk_paths().count(), 1);
+        assert!(matches!(
+            load_all(root.path(), "qemu"),
+            Err(TemplateError::NoneForBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn disk_files_outside_the_template_or_missing_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("evil");
+        for (files, needle) in [
+            (r#"["../../etc/passwd"]"#, "disk file"),
+            (r#"["Missing.img"]"#, "cannot be read"),
+            (r#"[]"#, "diskFiles is empty"),
+        ] {
+            write_metadata(
+                &dir,
+                &format!(
+                    r#"{{"name":"evil","version":"1","backend":"test","sshUser":"runner","diskFiles":{files},"limits":{{"maxVcpus":2,"maxMemoryMib":1024}}}}"#
+                ),
+            );
+            let error = load(&dir).expect_err("refused").to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_duplicate_names_are_errors() {
+        let root = tempfile::tempdir().expect("tempdir");
+        write_metadata(
+            &root.path().join("a"),
+            r#"{"name":"a","version":"1","backend":"test","sshUser":"r","diskFiles":["d"],"limits":{"maxVcpus":1,"maxMemoryMib":1},"extra":1}"#,
+        );
+        assert!(matches!(
+            load(&root.path().join("a")),
+            Err(TemplateError::ParseMetadata { .. })
+        ));
+        ensure_test_template(root.path(), "one").expect("one");
+        std::fs::remove_dir_all(root.path().join("a")).expect("rm");
+        let copy = root.path().join("two");
+        std::fs::create_dir_all(&copy).expect("mkdir");
+        for f in [METADATA_FILE, "Disk.img"] {
+            std::fs::copy(root.path().join("one").join(f), copy.join(f)).expect("copy");
+        }
+        assert!(matches!(
+            load_all(root.path(), "test"),
+            Err(TemplateError::Duplicate { .. })
+        ));
+    }
+}
