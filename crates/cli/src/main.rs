@@ -1,1 +1,41 @@
-fn main() {}
+//! `shoes-vz`: the operator CLI. Each subcommand lives in `commands/`.
+
+use clap::{Parser, Subcommand};
+use shoes_vz_cli::commands::{bench, dev, runners};
+use shoes_vz_telemetry::{init_logging, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shoes-vz",
+    version,
+    about = "shoes-vz: ephemeral VMs for GitHub Actions runners, through myshoes"
+)]
+struct Cli {
+    #[arg(long, global = true, env = "SHOESVZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run an all-in-one local cluster (server + agent, embedded SQLite, loopback only).
+    Dev(dev::DevArgs),
+    /// List or delete runners on a server.
+    #[command(subcommand)]
+    Runners(runners::RunnersCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Dev(args) => dev::run(args).await,
+        Command::Runners(command) => runners::run(command).await,
+        Command::Bench(command) => bench::run(command).await,
+    }
+}

@@ -3,15 +3,18 @@
 //! # Layout
 //! - [`shoes`]: `shoes.vz.shoes.v1`, the API for myshoes (through the plugin) and operators.
 //! - [`agent`]: `shoes.vz.agent.v1`, the API between the server and its agents.
+//! - [`client`]: connecting to a server with a bearer token (and TLS).
 
-#![allow(clippy::all, missing_docs)]
+pub mod client;
 
+#[allow(clippy::all)]
 pub mod shoes {
     pub mod v1 {
         tonic::include_proto!("shoes.vz.shoes.v1");
     }
 }
 
+#[allow(clippy::all)]
 pub mod agent {
     pub mod v1 {
         tonic::include_proto!("shoes.vz.agent.v1");

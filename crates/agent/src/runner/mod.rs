@@ -29,6 +29,8 @@ pub struct RunnerManager {
     events: mpsc::UnboundedSender<pb::RunnerStatus>,
     state_file: StateFile,
     tasks: TaskTracker,
+    /// Stops the VM-event listener.
+    stop: CancellationToken,
     latencies: Mutex<Vec<Duration>>,
 }
 
@@ -59,16 +61,32 @@ impl RunnerManager {
             events,
             state_file,
             tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
             latencies: Mutex::new(Vec::new()),
         });
         let mut vm_events = manager.hypervisor.subscribe();
         let weak = Arc::downgrade(&manager);
-        // Owned by the manager's tracker; ends when the backend's event channel closes or the
-        // manager is gone.
-        manager.tasks.spawn(async move {
-            while let Ok(VmEvent::Exited { runner_id, detail }) = vm_events.recv().await {
-                let Some(manager) = weak.upgrade() else { break };
-                manager.vm_exited(&runner_id, detail);
+        let stop = manager.stop.clone();
+        // Ends on shutdown, when the backend's event channel closes, or with the manager.
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = vm_events.recv() => event,
+                };
+                match event {
+                    Ok(VmEvent::Exited { runner_id, detail }) => {
+                        let Some(manager) = weak.upgrade() else { break };
+                        manager.vm_exited(&runner_id, detail);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(
+                            missed,
+                            "VM events were lost; affected runners are caught by their timeouts"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
             }
         });
         manager.state_file.write(std::iter::empty());
@@ -197,6 +215,7 @@ impl RunnerManager {
 
     /// Stops every lifecycle task without tearing anything down, as a crash would.
     pub fn abandon(&self) {
+        self.stop.cancel();
         for slot in self.slots().values() {
             if let Some(task) = &slot.task {
                 task.abort();

@@ -12,7 +12,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{error_chain, SshError};
+use super::SshError;
+use crate::error_chain;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -89,9 +90,10 @@ pub async fn wait_ready(target: &SshTarget, overall: Duration) -> Result<SshSess
     let deadline = started + overall;
     let mut backoff = FIRST_BACKOFF;
     let mut attempts: u32 = 0;
+    let mut last_error: Option<SshError> = None;
     loop {
         attempts += 1;
-        let last_error = match attempt(target, deadline).await {
+        let err = match attempt(target, deadline).await {
             Ok(session) => {
                 debug!(addr = %target.addr, attempts, waited = ?started.elapsed(), "guest ssh is ready");
                 return Ok(session);
@@ -99,17 +101,27 @@ pub async fn wait_ready(target: &SshTarget, overall: Duration) -> Result<SshSess
             Err(err) if err.is_permanent() => return Err(err),
             Err(err) => err,
         };
+        // An attempt cut short by the deadline says less than the failure before it.
+        let cut_short = Instant::now() >= deadline && matches!(err, SshError::StepTimeout { .. });
+        if !(cut_short && last_error.is_some()) {
+            debug!(addr = %target.addr, attempts, error = %error_chain(&err), "guest ssh not ready yet");
+            last_error = Some(err);
+        }
+        let now = Instant::now();
+        if now < deadline {
+            tokio::time::sleep_until(deadline.min(now + backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
         let now = Instant::now();
         if now >= deadline {
             return Err(SshError::NotReady {
                 addr: target.addr,
                 waited: now.duration_since(started),
-                last_error: error_chain(&last_error),
+                last_error: last_error
+                    .as_ref()
+                    .map_or_else(|| "no attempt was made".to_owned(), |e| error_chain(e)),
             });
         }
-        debug!(addr = %target.addr, attempts, error = %error_chain(&last_error), "guest ssh not ready yet");
-        tokio::time::sleep_until(deadline.min(now + backoff)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
@@ -123,7 +135,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
         .await
         .map_err(|_| SshError::StepTimeout {
             addr,
-            step: "TCP connect",
+            step: "TCP connect to",
             after,
         })?
         .map_err(|source| SshError::Connect { addr, source })?;
@@ -153,7 +165,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
     let mut handle = handshake
         .map_err(|_| SshError::StepTimeout {
             addr,
-            step: "SSH handshake",
+            step: "SSH handshake with",
             after,
         })?
         .map_err(|source| SshError::Protocol { addr, source })?;
@@ -163,7 +175,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
         .await
         .map_err(|_| SshError::StepTimeout {
             addr,
-            step: "SSH authentication",
+            step: "SSH authentication with",
             after,
         })?
         .map_err(|source| SshError::Protocol { addr, source })?;
@@ -184,7 +196,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
         Err(SshError::ScriptTimeout { .. }) => {
             return Err(SshError::StepTimeout {
                 addr,
-                step: "readiness probe",
+                step: "readiness probe on",
                 after,
             })
         }

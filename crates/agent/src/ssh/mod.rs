@@ -25,10 +25,8 @@ pub enum SshError {
         #[source]
         source: std::io::Error,
     },
-    /// One step of a connection attempt (TCP connect, handshake, auth, probe) took too long.
-    #[error(
-        "{step} with {addr} did not finish within {after:.1?}; the guest may still be booting"
-    )]
+    /// One step of a connection attempt took too long; `step` reads like "SSH handshake with".
+    #[error("{step} {addr} did not finish within {after:.1?}; the guest may still be booting")]
     StepTimeout {
         addr: SocketAddr,
         step: &'static str,
@@ -40,7 +38,7 @@ pub enum SshError {
         #[source]
         source: russh::Error,
     },
-    #[error("the SSH host key of {addr} is {presented}, but {expected} was expected; refusing to connect. Another VM may hold this address, or the template's host key was not provisioned from the agent")]
+    #[error("the SSH host key of {addr} is {presented}, but {expected} was expected; refusing to connect. Another machine may hold this address, or the VM did not get the host key the agent generated for it")]
     HostKeyMismatch {
         addr: SocketAddr,
         expected: String,
@@ -93,16 +91,4 @@ fn describe_status(status: Option<u32>) -> String {
         Some(code) => format!("status {code}"),
         None => "no exit status".to_owned(),
     }
-}
-
-/// `error: cause: cause…`, for places that keep an error only as text.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

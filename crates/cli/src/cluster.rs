@@ -1,0 +1,173 @@
+//! An all-in-one local cluster: one server (embedded SQLite) and N agents in one process, on
+//! loopback only. Used by `shoes-vz dev`, the benchmarks and the integration tests.
+
+use anyhow::Context;
+use shoes_vz_agent::config::{AgentConfig, BackendKind, CloneMode};
+use shoes_vz_agent::{bundle, template, RunningAgent};
+use shoes_vz_protocol::client::{connect_shoes, ConnectOptions, ShoesClient};
+use shoes_vz_server::config::ServerConfig;
+use shoes_vz_server::RunningServer;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The template every test-backend cluster serves.
+pub const DEFAULT_TEST_TEMPLATE: &str = "test-default";
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub token: String,
+    pub backend: BackendKind,
+    pub agents: usize,
+    pub max_runners_per_agent: u32,
+    pub boot_delay: Duration,
+    pub never_ready: bool,
+    pub boot_to_ssh_timeout: Duration,
+    pub add_instance_timeout: Duration,
+}
+
+impl ClusterOptions {
+    pub fn new(data_dir: &Path, token: &str) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            token: token.to_string(),
+            backend: BackendKind::Test,
+            agents: 1,
+            max_runners_per_agent: 2,
+            boot_delay: Duration::from_millis(500),
+            never_ready: false,
+            boot_to_ssh_timeout: Duration::from_secs(60),
+            add_instance_timeout: Duration::from_secs(240),
+        }
+    }
+}
+
+pub struct LocalCluster {
+    pub server: RunningServer,
+    pub agents: Vec<RunningAgent>,
+    pub options: ClusterOptions,
+    clone_mode: CloneMode,
+}
+
+impl LocalCluster {
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<LocalCluster> {
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("cannot create data dir {}", options.data_dir.display()))?;
+        let templates = options.data_dir.join("templates");
+        template::ensure_test_template(&templates, DEFAULT_TEST_TEMPLATE).with_context(|| {
+            format!(
+                "cannot create the default test template in {}",
+                templates.display()
+            )
+        })?;
+        let clone_mode = if bundle::reflink_supported(&options.data_dir) {
+            CloneMode::Reflink
+        } else {
+            tracing::warn!(
+                data_dir = %options.data_dir.display(),
+                "this filesystem has no reflink (copy-on-write) support: the local cluster copies template disks in full. \
+                 Put --data-dir on XFS, btrfs or APFS for real clone times"
+            );
+            CloneMode::Copy
+        };
+        let server = RunningServer::start(Self::server_config(&options)).await?;
+        let mut cluster = LocalCluster {
+            server,
+            agents: Vec::new(),
+            options,
+            clone_mode,
+        };
+        for index in 0..cluster.options.agents {
+            let agent = RunningAgent::start(cluster.agent_config(index)).await?;
+            cluster.agents.push(agent);
+        }
+        Ok(cluster)
+    }
+
+    pub fn server_config(options: &ClusterOptions) -> ServerConfig {
+        let mut config = ServerConfig {
+            listen: options.listen,
+            metrics_listen: options.metrics_listen,
+            database_url: format!(
+                "sqlite://{}?mode=rwc",
+                options.data_dir.join("state.db").display()
+            ),
+            ..ServerConfig::default()
+        };
+        config.auth.token = Some(options.token.clone());
+        config.timeouts.add_instance = options.add_instance_timeout;
+        config
+    }
+
+    /// The config of agent `index`: its own data and runners dirs, the shared templates.
+    pub fn agent_config(&self, index: usize) -> AgentConfig {
+        let dir = self.options.data_dir.join("agents").join(index.to_string());
+        let mut config = AgentConfig {
+            server_url: format!("http://{}", self.server.grpc_addr),
+            token: Some(self.options.token.clone()),
+            data_dir: dir.clone(),
+            templates_dir: self.options.data_dir.join("templates"),
+            runners_dir: dir.join("runners"),
+            backend: self.options.backend,
+            clone_mode: self.clone_mode,
+            ..AgentConfig::default()
+        };
+        config.capacity.max_runners = self.options.max_runners_per_agent;
+        config.capacity.cpu_cores = 64 * self.options.max_runners_per_agent;
+        config.capacity.memory_mib = 64 * 1024 * u64::from(self.options.max_runners_per_agent);
+        config.test_backend.boot_delay = self.options.boot_delay;
+        config.test_backend.never_ready = self.options.never_ready;
+        config.timeouts.boot_to_ip = self.options.boot_to_ssh_timeout;
+        config.timeouts.boot_to_ssh = self.options.boot_to_ssh_timeout;
+        config.reconnect.initial_backoff = Duration::from_millis(100);
+        config.reconnect.max_backoff = Duration::from_secs(2);
+        config
+    }
+
+    pub async fn client(&self) -> anyhow::Result<ShoesClient> {
+        Ok(connect_shoes(
+            &self.server.grpc_addr.to_string(),
+            &self.options.token,
+            &ConnectOptions::default(),
+        )
+        .await?)
+    }
+
+    /// Waits until `count` agents are online (registered and synced).
+    pub async fn wait_agents_online(&self, count: i64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.server.fleet.gauges().agents_online >= count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "only {} of {count} agents came online within {timeout:?}",
+                    self.server.fleet.gauges().agents_online
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn runners_dir(&self, index: usize) -> PathBuf {
+        self.options
+            .data_dir
+            .join("agents")
+            .join(index.to_string())
+            .join("runners")
+    }
+
+    /// Tears down every runner, then stops the agents and the server.
+    pub async fn shutdown(self) {
+        for agent in self.agents {
+            agent.shutdown(Duration::from_secs(30)).await;
+        }
+        self.server.shutdown().await;
+    }
+}

@@ -1,0 +1,39 @@
+//! One module per `shoes-vz` subcommand.
+
+pub mod bench;
+pub mod dev;
+pub mod runners;
+
+use std::time::Duration;
+
+/// Where the commands that talk to a running server find it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Server gRPC address (host:port or URL).
+    #[arg(
+        long = "server",
+        env = "SHOESVZ_SERVER_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// Bearer token; prefer the SHOESVZ_TOKEN environment variable (argv is visible to all users).
+    #[arg(long, env = "SHOESVZ_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// PEM CA certificate, for a server with TLS.
+    #[arg(long, env = "SHOESVZ_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+impl ServerArgs {
+    pub async fn connect(&self) -> anyhow::Result<shoes_vz_protocol::client::ShoesClient> {
+        let tls_ca_pem = match &self.tls_ca {
+            Some(path) => Some(std::fs::read(path)?),
+            None => None,
+        };
+        let options = shoes_vz_protocol::client::ConnectOptions {
+            tls_ca_pem,
+            connect_timeout: Some(Duration::from_secs(5)),
+        };
+        Ok(shoes_vz_protocol::client::connect_shoes(&self.server, &self.token, &options).await?)
+    }
+}
