@@ -282,8 +282,9 @@ impl SshSession {
 
     /// Runs `command` (e.g. `bash -s`) with `script` as its stdin, so the script (and any
     /// secret in it) never appears in a process list. Each output stream keeps at most
-    /// `output_limit` bytes. After `timeout` the channel is closed, which makes the guest's
-    /// sshd stop the command.
+    /// `output_limit` bytes. After `timeout` the channel is closed and
+    /// [`SshError::ScriptTimeout`] returned; the test guest then kills the command, while
+    /// OpenSSH's sshd only closes its pipes (the VM is torn down afterwards anyway).
     pub async fn run_script(
         &self,
         command: &str,

@@ -215,6 +215,7 @@ impl Fleet {
         let cloud_id = CloudId::parse(cloud_id).map_err(|e| FleetError::NotFound(e.to_string()))?;
         let runner_id = cloud_id.runner_id();
         let Some((mut state_rx, agent_ready)) = self.request_delete(&runner_id) else {
+            self.writer.flush().await;
             return match self.store.get_runner(&runner_id).await {
                 Ok(Some(_)) => Err(FleetError::NotFound(format!(
                     "runner {cloud_id} is already deleted"

@@ -145,6 +145,8 @@ impl Fleet {
         include_deleted: bool,
     ) -> Result<Vec<(RunnerRecord, String)>, FleetError> {
         let mut records: Vec<RunnerRecord> = if include_deleted {
+            // Deleted runners are read back from the store: let queued writes land first.
+            self.writer.flush().await;
             let live: HashMap<RunnerId, RunnerRecord> = {
                 let state = self.lock();
                 state
@@ -185,9 +187,13 @@ impl Fleet {
         let live = self.lock().runners.get(id).map(|e| e.record.clone());
         let record = match live {
             Some(record) => Some(record),
-            None => self.store.get_runner(id).await.map_err(|e| {
-                FleetError::Unavailable(format!("cannot read the state store: {e}"))
-            })?,
+            None => {
+                // Not live: read it back from the store once queued writes have landed.
+                self.writer.flush().await;
+                self.store.get_runner(id).await.map_err(|e| {
+                    FleetError::Unavailable(format!("cannot read the state store: {e}"))
+                })?
+            }
         };
         let hostnames = self.hostnames();
         Ok(record.map(|r| {
