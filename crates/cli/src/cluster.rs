@@ -163,8 +163,19 @@ impl LocalCluster {
             .join("runners")
     }
 
+    /// Stops the server and starts a new one on the same address and database (agents
+    /// reconnect by themselves).
+    pub async fn restart_server(&mut self) -> anyhow::Result<()> {
+        self.server.shutdown().await;
+        let mut options = self.options.clone();
+        options.listen = self.server.grpc_addr;
+        options.metrics_listen = None;
+        self.server = RunningServer::start(Self::server_config(&options)).await?;
+        Ok(())
+    }
+
     /// Tears down every runner, then stops the agents and the server.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         for agent in self.agents {
             agent.shutdown(Duration::from_secs(30)).await;
         }

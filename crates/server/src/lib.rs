@@ -38,7 +38,6 @@ pub struct RunningServer {
     pub fleet: Arc<Fleet>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
-    writer_task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -47,7 +46,7 @@ impl RunningServer {
         config.validate()?;
         let config = Arc::new(config);
         let store = store::Store::open(&config.database_url).await?;
-        let (writer, writer_task) = writer::StoreWriter::spawn(store.clone());
+        let (writer, _writer_task) = writer::StoreWriter::spawn(store.clone());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::default());
         let fleet = Arc::new(
@@ -134,17 +133,14 @@ impl RunningServer {
             fleet,
             shutdown,
             tasks,
-            writer_task,
         })
     }
 
-    /// Stops serving, ends agent sessions, and waits for queued store writes.
-    pub async fn shutdown(mut self) {
+    /// Stops serving, ends agent sessions, and waits for queued store writes. The store
+    /// writer itself ends when the last handle to the fleet is dropped.
+    pub async fn shutdown(&mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.fleet.flush().await;
-        drop(self.fleet);
-        // The writer ends once the fleet (its last sender) is gone; don't wait on stray clones.
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.writer_task).await;
     }
 }

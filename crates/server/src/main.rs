@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsConfig { cert, key });
     }
-    let server = RunningServer::start(config).await?;
+    let mut server = RunningServer::start(config).await?;
     wait_for_signal().await?;
     tracing::info!("stopping");
     server.shutdown().await;

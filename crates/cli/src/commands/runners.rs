@@ -72,7 +72,7 @@ fn resource_name(value: i32) -> &'static str {
 }
 
 fn to_json(r: &pb::RunnerInfo) -> serde_json::Value {
-    let t = r.timings.clone().unwrap_or_default();
+    let t = r.timings.unwrap_or_default();
     serde_json::json!({
         "cloud_id": r.cloud_id,
         "runner_name": r.runner_name,
@@ -102,7 +102,7 @@ fn print_table(runners: &[pb::RunnerInfo]) {
         "CLOUD ID", "STATE", "TEMPLATE", "TYPE", "IP", "CLONE ms", "SSH ms"
     );
     for r in runners {
-        let t = r.timings.clone().unwrap_or_default();
+        let t = r.timings.unwrap_or_default();
         println!(
             "{:<42} {:<13} {:<16} {:<9} {:<15} {:>9} {:>9}",
             r.cloud_id,
