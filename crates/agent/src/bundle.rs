@@ -272,7 +272,7 @@ mod tests {
             std::fs::metadata(&bundle.disk_files[0])
                 .expect("disk")
                 .len(),
-            64 * 1024 * 1024
+            template::TEST_DISK_BYTES
         );
         let written: MachineIdentifier = serde_json::from_slice(
             &std::fs::read(bundle.dir.join(MACHINE_IDENTIFIER_FILE)).expect("read"),

@@ -173,6 +173,10 @@ pub fn load_all(root: &Path, backend: &str) -> Result<BTreeMap<String, Template>
     Ok(templates)
 }
 
+/// Size of the test template's sparse disk: big enough to make clone cost visible, small
+/// enough that full copies on a filesystem without reflink stay cheap.
+pub const TEST_DISK_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Creates the embedded default template of the test backend (a small sparse "disk") if it
 /// is missing. Used by `shoes-vz dev` and the tests.
 pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf> {
@@ -182,7 +186,7 @@ pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf>
     }
     std::fs::create_dir_all(&dir)?;
     let disk = std::fs::File::create(dir.join("Disk.img"))?;
-    disk.set_len(64 * 1024 * 1024)?;
+    disk.set_len(TEST_DISK_BYTES)?;
     let metadata = TemplateMetadata {
         name: name.to_string(),
         version: "1".to_string(),
