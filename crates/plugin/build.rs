@@ -1,0 +1,11 @@
+//! Compiles myshoes' provider API and go-plugin's controller with protox (no system `protoc`).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["proto/myshoes.proto", "proto/plugin/grpc_controller.proto"];
+    for file in files {
+        println!("cargo:rerun-if-changed={file}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}

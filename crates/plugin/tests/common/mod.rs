@@ -1,0 +1,205 @@
+//! Shared by the plugin's integration tests: the plugin binary, a local shoes-vz cluster on the
+//! test backend, and the Go go-plugin client (built from Debian's packages at test time).
+#![allow(dead_code)]
+
+use serde_json::Value;
+use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_shoes-vz-plugin");
+pub const TOKEN: &str = "test-token-0123456789";
+pub const COOKIE_KEY: &str = "SHOES_PLUGIN_MAGIC_COOKIE";
+pub const COOKIE_VALUE: &str = "are_you_a_shoes?";
+/// go-plugin's Kill() sends SIGKILL when the plugin has not exited this long after Shutdown.
+pub const GO_PLUGIN_KILL_ESCALATION_MS: u64 = 2000;
+
+/// Debian's GOPATH tree (golang-*-dev packages).
+const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+pub async fn start_cluster(dir: &Path, agents: usize, max_runners: u32) -> LocalCluster {
+    let mut options = ClusterOptions::new(dir, TOKEN);
+    options.agents = agents;
+    options.max_runners_per_agent = max_runners;
+    options.boot_delay = Duration::from_millis(200);
+    options.add_instance_timeout = Duration::from_secs(60);
+    let cluster = LocalCluster::start(options).await.expect("cluster starts");
+    cluster
+        .wait_agents_online(agents as i64, Duration::from_secs(30))
+        .await
+        .expect("agents online");
+    cluster
+}
+
+/// The Go client, built once per test run; None (after a loud SKIPPED line) when Go, protoc
+/// or Debian's go-plugin packages are missing.
+pub fn go_client() -> Option<&'static Path> {
+    static CLIENT: OnceLock<Option<PathBuf>> = OnceLock::new();
+    CLIENT.get_or_init(build_go_client).as_deref()
+}
+
+fn missing_prerequisite() -> Option<String> {
+    for tool in ["go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    for package in [
+        "github.com/hashicorp/go-plugin",
+        "google.golang.org/grpc",
+        "github.com/golang/protobuf",
+    ] {
+        if !Path::new(DEBIAN_GOPATH).join("src").join(package).is_dir() {
+            return Some(format!("{DEBIAN_GOPATH}/src/{package} is missing"));
+        }
+    }
+    None
+}
+
+fn build_go_client() -> Option<PathBuf> {
+    if let Some(reason) = missing_prerequisite() {
+        eprintln!("SKIPPED: go-plugin client not available ({reason}); run .ci/go-plugin-deps.sh");
+        return None;
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-client");
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-plugin-client");
+    let package = root.join("src/shoesvzgoclient");
+    let _ = std::fs::remove_dir_all(root.join("src"));
+    std::fs::create_dir_all(&package).expect("create the Go package dir");
+    std::fs::copy(source.join("main.go"), package.join("main.go")).expect("copy main.go");
+    let src = root.join("src");
+    let src = src.to_str().expect("utf-8 target dir");
+    run(Command::new("protoc")
+        .current_dir(&source)
+        .args([
+            "-I",
+            ".",
+            &format!("--go_out={src}"),
+            &format!("--go-grpc_out={src}"),
+        ])
+        .arg("myshoes.proto"));
+    let binary = root.join("go-client");
+    run(Command::new("go")
+        .current_dir(&package)
+        .env("GO111MODULE", "off")
+        .env(
+            "GOPATH",
+            format!("{}:{DEBIAN_GOPATH}", root.to_str().expect("utf-8")),
+        )
+        .env("GOCACHE", root.join("cache"))
+        .env("GOFLAGS", "")
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg("."));
+    Some(binary)
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("run a build tool");
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs the Go client against `server` (host:port) and returns its results, one per plugin
+/// process. `extra_env` is passed on to the plugin through go-plugin (as myshoes does).
+pub async fn go(
+    client: &Path,
+    server: &str,
+    extra_env: &[(&str, &str)],
+    args: &[&str],
+) -> Vec<Value> {
+    let mut command = tokio::process::Command::new(client);
+    command
+        .arg("-plugin")
+        .arg(PLUGIN)
+        .args(args)
+        .env_remove(COOKIE_KEY)
+        .env("SHOESVZ_SERVER_ADDR", server)
+        .env("SHOESVZ_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("the Go client finishes")
+        .expect("the Go client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "go-client {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value: Value = serde_json::from_str(stdout.trim()).expect("go-client prints JSON");
+    value["results"]
+        .as_array()
+        .expect("a results array")
+        .clone()
+}
+
+/// One call: its result, after checking what every plugin process must do.
+pub async fn go_one(client: &Path, server: &str, args: &[&str]) -> Value {
+    let mut results = go(client, server, &[], args).await;
+    assert_eq!(results.len(), 1);
+    let result = results.remove(0);
+    assert_plugin_behaved(&result);
+    result
+}
+
+/// What go-plugin saw of the plugin process, whatever the call's outcome.
+pub fn assert_plugin_behaved(result: &Value) {
+    let kill_ms = result["kill_ms"].as_u64().expect("kill_ms");
+    assert!(
+        kill_ms < GO_PLUGIN_KILL_ESCALATION_MS,
+        "Kill() took {kill_ms} ms: go-plugin escalates to SIGKILL at 2 s ({result})"
+    );
+    assert_eq!(result["forced_kill"], false, "SIGKILLed: {result}");
+    assert_eq!(result["exited"], true, "{result}");
+    let exit_line = result["exit_line"].as_str().expect("exit_line");
+    assert!(
+        exit_line.contains("plugin process exited") && !exit_line.contains("error="),
+        "the plugin must exit by itself with status 0: {exit_line:?}"
+    );
+    assert_eq!(result["sync_stdout"], "", "stray stdout: {result}");
+    let stderr = result["plugin_stderr"].as_str().expect("plugin_stderr");
+    assert!(
+        stderr.contains(shoes_vz_plugin::controller::EXIT_MESSAGE),
+        "no shutdown line in the plugin's log: {stderr}"
+    );
+    assert_hclog_lines(stderr);
+}
+
+/// Every stderr line is an hclog JSON line go-plugin can parse.
+pub fn assert_hclog_lines(stderr: &str) {
+    for line in stderr.lines().filter(|line| !line.is_empty()) {
+        let value: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stderr line is not JSON ({e}): {line}"));
+        for key in ["@level", "@message", "@timestamp"] {
+            assert!(value[key].is_string(), "{key} missing: {line}");
+        }
+        let timestamp = value["@timestamp"].as_str().unwrap_or_default();
+        let fraction = timestamp
+            .split('.')
+            .nth(1)
+            .unwrap_or_default()
+            .trim_end_matches('Z');
+        assert_eq!(fraction.len(), 6, "go-plugin needs microseconds: {line}");
+    }
+}
+
+pub fn code(result: &Value) -> &str {
+    result["code"].as_str().expect("code")
+}
