@@ -1,8 +1,9 @@
 //! `shoes-vz-agent`: loads the config (file, then `SHOESVZ_*` environment, then flags) and
 //! runs until SIGINT or SIGTERM, tearing its runners down on the way out.
+//! `shoes-vz-agent install|uninstall` manage its macOS LaunchDaemon.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use shoes_vz_agent::config::{AgentConfig, BackendKind};
 use shoes_vz_agent::RunningAgent;
 use shoes_vz_telemetry::{init_logging, LogFormat};
@@ -35,12 +36,29 @@ struct Args {
     max_runners: Option<u32>,
     #[arg(long, env = "SHOESVZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write the LaunchDaemon plist (KeepAlive, logs) and load it (macOS).
+    Install(shoes_vz_agent::service::InstallArgs),
+    /// Unload the LaunchDaemon and remove its plist (macOS).
+    Uninstall(shoes_vz_agent::service::UninstallArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
+    match &args.command {
+        Some(Command::Install(install)) => return shoes_vz_agent::service::install(install),
+        Some(Command::Uninstall(uninstall)) => {
+            return shoes_vz_agent::service::uninstall(uninstall)
+        }
+        None => {}
+    }
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
