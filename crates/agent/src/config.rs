@@ -28,6 +28,7 @@ pub struct AgentConfig {
     /// Bytes of setup-script stdout and stderr kept each (the rest is dropped).
     pub setup_output_limit: usize,
     pub test_backend: TestBackendConfig,
+    pub qemu: QemuConfig,
     pub reconnect: Reconnect,
 }
 
@@ -36,14 +37,52 @@ pub struct AgentConfig {
 pub enum BackendKind {
     /// Loopback SSH servers that play VMs: isolates nothing, for tests, demos and scale runs.
     Test,
+    /// Linux guests under QEMU (KVM or TCG), e.g. the test guest.
+    Qemu,
 }
 
 impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Test => "test",
+            BackendKind::Qemu => "qemu",
         }
     }
+}
+
+/// The `[qemu]` section. vCPUs and memory come from each runner's request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64`, found on `PATH` unless a path is given.
+    pub binary: PathBuf,
+    pub accel: QemuAccel,
+    /// Appended to the kernel command line of every guest.
+    pub extra_kernel_args: String,
+    /// How long QEMU may take to open its control socket and report its forwards.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: PathBuf::from("qemu-system-x86_64"),
+            accel: QemuAccel::Auto,
+            extra_kernel_args: String::new(),
+            start_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QemuAccel {
+    /// KVM when `/dev/kvm` opens read-write and this host is not itself a VM, else TCG.
+    Auto,
+    Kvm,
+    /// Software emulation: slow but works everywhere (nested KVM often does not).
+    Tcg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -160,6 +199,7 @@ impl Default for AgentConfig {
             timeouts: AgentTimeouts::default(),
             setup_output_limit: 64 * 1024,
             test_backend: TestBackendConfig::default(),
+            qemu: QemuConfig::default(),
             reconnect: Reconnect::default(),
         }
     }
@@ -219,6 +259,8 @@ mod tests {
             max_runners = 4
             [timeouts]
             boot_to_ssh = "90s"
+            [qemu]
+            accel = "tcg"
             "#,
         )
         .expect("valid");
@@ -227,6 +269,8 @@ mod tests {
         assert_eq!(config.capacity.cpu_cores, 8);
         assert_eq!(config.clone_mode, CloneMode::Copy);
         assert_eq!(config.timeouts.boot_to_ssh, Duration::from_secs(90));
+        assert_eq!(config.qemu.accel, QemuAccel::Tcg);
+        assert_eq!(config.qemu.binary, PathBuf::from("qemu-system-x86_64"));
         assert_eq!(
             config.state_file(),
             PathBuf::from("/opt/myshoes/vz/runner-state.json")

@@ -24,6 +24,40 @@ pub struct TemplateMetadata {
     /// Command that runs the setup script fed on stdin.
     #[serde(default = "default_setup_shell")]
     pub setup_shell: String,
+    /// Direct Linux kernel boot (the `qemu` backend); absent for disk-booted guests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux_boot: Option<LinuxBoot>,
+    /// A warm template: runners restore this saved VM state instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_state: Option<SavedState>,
+}
+
+/// A VM state saved from this template's disks, and the VM shape it needs back: a restore
+/// must have the same vCPUs, memory and devices, or it boots cold instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SavedState {
+    /// The state file, a plain file name in the template directory.
+    pub file: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// Whether a config disk was attached after the disks when it was saved.
+    pub config_disk: bool,
+    /// The guest's address when it was saved (a restored guest keeps it).
+    pub guest_ip: String,
+}
+
+/// A kernel (uncompressed `vmlinux`, booted through its PVH entry) and an initramfs, as
+/// plain file names in the template directory. Shared read-only by every runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinuxBoot {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// Appended to the backend's own kernel command line.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kernel_args: String,
 }
 
 fn default_setup_shell() -> String {
@@ -111,20 +145,36 @@ pub fn load(dir: &Path) -> Result<Template, TemplateError> {
             "diskFiles is empty; list the disk images to clone".into(),
         ));
     }
-    for file in &metadata.disk_files {
-        // One plain component: a template can never make the agent clone from outside itself.
-        validate_name("disk file", file, 128).map_err(|e| invalid(e.to_string()))?;
+    let boot_files = metadata.linux_boot.iter().flat_map(|boot| {
+        std::iter::once(("kernel", &boot.kernel))
+            .chain(boot.initrd.iter().map(|initrd| ("initrd", initrd)))
+    });
+    let disk_files = metadata.disk_files.iter().map(|file| ("disk file", file));
+    let state_file = metadata
+        .saved_state
+        .iter()
+        .map(|state| ("saved state", &state.file));
+    for (kind, file) in disk_files.chain(boot_files).chain(state_file) {
+        // One plain component: a template can never make the agent read from outside itself.
+        validate_name(kind, file, 128).map_err(|e| invalid(e.to_string()))?;
         let path = dir.join(file);
         let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| invalid(format!("disk file {file} cannot be read: {e}")))?;
+            .map_err(|e| invalid(format!("{kind} {file} cannot be read: {e}")))?;
         if !meta.file_type().is_file() {
-            return Err(invalid(format!("disk file {file} is not a regular file")));
+            return Err(invalid(format!("{kind} {file} is not a regular file")));
         }
     }
     if metadata.limits.max_vcpus == 0 || metadata.limits.max_memory_mib == 0 {
         return Err(invalid(
             "limits.maxVcpus and limits.maxMemoryMib must be above zero".into(),
         ));
+    }
+    if let Some(state) = &metadata.saved_state {
+        if metadata.linux_boot.is_none() || state.vcpus == 0 || state.memory_mib == 0 {
+            return Err(invalid(
+                "savedState needs linuxBoot and a vCPU count and memory above zero".into(),
+            ));
+        }
     }
     if metadata.setup_shell.trim().is_empty() {
         return Err(invalid("setupShell is empty".into()));
@@ -199,6 +249,8 @@ pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf>
             max_memory_mib: 1024 * 1024,
         },
         setup_shell: "sh -s".to_string(),
+        linux_boot: None,
+        saved_state: None,
     };
     crate::fsutil::write_json_atomic(&dir.join(METADATA_FILE), &metadata)?;
     Ok(dir)
@@ -242,6 +294,57 @@ mod tests {
                     r#"{{"name":"evil","version":"1","backend":"test","sshUser":"runner","diskFiles":{files},"limits":{{"maxVcpus":2,"maxMemoryMib":1024}}}}"#
                 ),
             );
+            let error = load(&dir).expect_err("refused").to_string();
+            assert!(error.contains(needle), "{error}");
+        }
+    }
+
+    #[test]
+    fn linux_boot_files_are_validated_like_disk_files() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("guest");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for file in ["Disk.img", "vmlinux"] {
+            std::fs::write(dir.join(file), b"x").expect("write");
+        }
+        let metadata = |boot: &str| {
+            format!(
+                r#"{{"name":"g","version":"1","backend":"qemu","sshUser":"runner","diskFiles":["Disk.img"],"limits":{{"maxVcpus":2,"maxMemoryMib":1024}},"linuxBoot":{boot}}}"#
+            )
+        };
+        write_metadata(&dir, &metadata(r#"{"kernel":"vmlinux"}"#));
+        let template = load(&dir).expect("valid");
+        let boot = crate::hypervisor::LinuxBootFiles::from_template(&template).expect("boot");
+        assert_eq!(boot.kernel, dir.join("vmlinux"));
+        assert_eq!(boot.initrd, None);
+        let with_state = |state: &str| {
+            metadata(r#"{"kernel":"vmlinux"}"#).replace(
+                r#""linuxBoot""#,
+                &format!(r#""savedState":{state},"linuxBoot""#),
+            )
+        };
+        write_metadata(
+            &dir,
+            &with_state(
+                r#"{"file":"state.bin","vcpus":1,"memoryMib":256,"configDisk":false,"guestIp":"10.0.2.15"}"#,
+            ),
+        );
+        let error = load(&dir).expect_err("missing state file").to_string();
+        assert!(
+            error.contains("saved state state.bin cannot be read"),
+            "{error}"
+        );
+        std::fs::write(dir.join("state.bin"), b"s").expect("write");
+        let warm = load(&dir).expect("warm template");
+        assert_eq!(warm.metadata.saved_state.expect("state").memory_mib, 256);
+        for (boot, needle) in [
+            (
+                r#"{"kernel":"vmlinux","initrd":"initrd.img"}"#,
+                "initrd initrd.img cannot be read",
+            ),
+            (r#"{"kernel":"../vmlinux"}"#, "kernel"),
+        ] {
+            write_metadata(&dir, &metadata(boot));
             let error = load(&dir).expect_err("refused").to_string();
             assert!(error.contains(needle), "{error}");
         }

@@ -4,7 +4,9 @@
 //! # Layout
 //! - `mod.rs`: the [`Hypervisor`] trait, [`VmSpec`], [`VmEvent`], errors.
 //! - [`test_backend`]: loopback SSH servers that play VMs (isolates nothing).
+//! - [`qemu`]: Linux guests under QEMU (microvm, KVM or TCG).
 
+pub mod qemu;
 pub mod test_backend;
 
 use crate::bundle::MachineIdentifier;
@@ -30,6 +32,48 @@ pub struct VmSpec {
     pub authorized_key: PublicKey,
     /// The guest's SSH host key, made by the agent so it can verify the guest.
     pub guest_host_key: Arc<PrivateKey>,
+    /// Kernel and initramfs for direct kernel boot, shared read-only from the template.
+    pub linux_boot: Option<LinuxBootFiles>,
+    /// The runner's read-only config disk (its secrets), attached to this VM alone.
+    pub config_disk: Option<PathBuf>,
+    /// Restore this saved state instead of booting (a warm template), where the backend can.
+    pub restore: Option<RestoreFrom>,
+}
+
+/// A warm template's saved state, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreFrom {
+    pub state_file: PathBuf,
+    pub saved: crate::template::SavedState,
+}
+
+impl RestoreFrom {
+    pub fn from_template(template: &crate::template::Template) -> Option<Self> {
+        let saved = template.metadata.saved_state.clone()?;
+        Some(Self {
+            state_file: template.dir.join(&saved.file),
+            saved,
+        })
+    }
+}
+
+/// Resolved [`crate::template::LinuxBoot`] paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinuxBootFiles {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub kernel_args: String,
+}
+
+impl LinuxBootFiles {
+    pub fn from_template(template: &crate::template::Template) -> Option<Self> {
+        let boot = template.metadata.linux_boot.as_ref()?;
+        Some(Self {
+            kernel: template.dir.join(&boot.kernel),
+            initrd: boot.initrd.as_ref().map(|initrd| template.dir.join(initrd)),
+            kernel_args: boot.kernel_args.clone(),
+        })
+    }
 }
 
 /// Where the agent reaches a booted guest.
@@ -71,6 +115,17 @@ pub enum HypervisorError {
         runner_id: RunnerId,
         #[source]
         source: std::io::Error,
+    },
+    #[error("the {backend} backend cannot run here: {reason}")]
+    Unavailable {
+        backend: &'static str,
+        reason: String,
+    },
+    #[error("the VM of runner {runner_id} failed")]
+    Failed {
+        runner_id: RunnerId,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("hypervisor I/O failed on {path}")]
     Io {

@@ -1,0 +1,237 @@
+//! `shoes-vz template …`: build the QEMU test guest template; make warm templates.
+
+use anyhow::Context;
+use shoes_vz_agent::config::AgentConfig;
+use shoes_vz_agent::hypervisor::qemu::warm::{make_warm_template, WarmOptions};
+use shoes_vz_agent::hypervisor::qemu::QemuBackend;
+use shoes_vz_agent::{ssh, template};
+use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
+use shoes_vz_guest_image::{
+    build_test_guest, find_runner_agent, BuildInputs, BuildOptions, DevKeys,
+};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TemplateCommand {
+    /// Build the QEMU test guest (Debian kernel + initramfs with busybox, dropbear and the
+    /// runner-agent) into `<templates-dir>/<name>-<version>/`. Cached: rebuilt only when its
+    /// inputs (package versions, runner-agent binary, boot scripts, options) change.
+    BuildTestGuest(BuildTestGuestArgs),
+    /// Boot a QEMU template until its SSH server answers, save the VM's state, and publish
+    /// it as the warm template `<NAME>-warm`: its runners restore instead of booting (and
+    /// boot cold if a restore fails). Runners must ask for the same vCPUs and memory.
+    Warm(WarmArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WarmArgs {
+    /// The template to warm (its metadata name).
+    name: String,
+    /// Templates directory [default: the agent's default templates_dir].
+    #[arg(long, env = "SHOESVZ_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: u64,
+    /// Attach a throwaway config disk while warming: `auto` does when the template has the
+    /// runner-agent (which needs one before it starts SSH).
+    #[arg(long, value_enum, default_value_t = ConfigDisk::Auto)]
+    config_disk: ConfigDisk,
+    /// Seconds to wait for the guest's SSH server.
+    #[arg(long, default_value_t = 300)]
+    boot_timeout: u64,
+    /// Make a new warm template even if a matching one exists.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ConfigDisk {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BuildTestGuestArgs {
+    /// Templates directory [default: the agent's default templates_dir].
+    #[arg(long, env = "SHOESVZ_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    /// Template name.
+    #[arg(long, default_value = shoes_vz_guest_image::builder::DEFAULT_NAME)]
+    name: String,
+    /// Downloaded .deb files [default: <templates-dir>/.cache/debs].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// The runner-agent binary [default: this workspace's target/{release,debug} build].
+    #[arg(long, conflicts_with = "no_runner_agent")]
+    runner_agent: Option<PathBuf>,
+    /// Build without the runner-agent (reachable only with --dev-authorized-key).
+    #[arg(long)]
+    no_runner_agent: bool,
+    /// TEST ONLY: bake this authorized_keys file in for the `runner` user. Every runner of
+    /// the image then shares its keys; never use such an image for real jobs.
+    #[arg(long)]
+    dev_authorized_key: Option<PathBuf>,
+    /// TEST ONLY, with --dev-authorized-key: the guest's OpenSSH host key [default: a fresh one].
+    #[arg(long, requires = "dev_authorized_key")]
+    dev_host_key: Option<PathBuf>,
+    /// Size of the runner's disk, in MiB.
+    #[arg(long, default_value_t = 256)]
+    disk_mib: u64,
+    /// Build a new version even if one with the same inputs exists.
+    #[arg(long)]
+    force: bool,
+    /// Keep older versions (an agent refuses two templates with the same name).
+    #[arg(long)]
+    keep_old_versions: bool,
+}
+
+pub async fn run(command: TemplateCommand) -> anyhow::Result<()> {
+    match command {
+        TemplateCommand::BuildTestGuest(args) => build(args).await,
+        TemplateCommand::Warm(args) => warm(args).await,
+    }
+}
+
+async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
+    let templates_dir = args
+        .templates_dir
+        .unwrap_or_else(|| AgentConfig::default().templates_dir);
+    let mut options = BuildOptions::new(&templates_dir);
+    options.name = args.name;
+    if let Some(cache_dir) = args.cache_dir {
+        options.cache_dir = cache_dir;
+    }
+    options.disk_bytes = args.disk_mib.saturating_mul(1024 * 1024);
+    options.force = args.force;
+    options.keep_old_versions = args.keep_old_versions;
+    options.runner_agent = if args.no_runner_agent {
+        None
+    } else {
+        Some(args.runner_agent.or_else(find_runner_agent).context(
+            "no runner-agent binary: build it (`cargo build -p shoes-vz-runner-agent`), pass \
+             --runner-agent PATH, or --no-runner-agent with --dev-authorized-key",
+        )?)
+    };
+    if let Some(path) = &args.dev_authorized_key {
+        let authorized_key = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let host_key_openssh = match &args.dev_host_key {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            None => {
+                let key = ssh::generate_ed25519()?;
+                println!(
+                    "guest host key: {}",
+                    ssh::authorized_key_line(key.public_key())
+                );
+                key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
+                    .to_string()
+            }
+        };
+        eprintln!("WARNING: building a TEST-ONLY image with baked SSH keys");
+        options.dev_keys = Some(DevKeys {
+            authorized_key,
+            host_key_openssh,
+        });
+    } else if options.runner_agent.is_none() {
+        anyhow::bail!(
+            "an image without the runner-agent needs --dev-authorized-key to be reachable"
+        );
+    }
+    let built = tokio::task::spawn_blocking(move || build_test_guest(&options)).await??;
+    println!(
+        "{} {} {} in {:.1} s: {}",
+        built.name,
+        built.version,
+        if built.built { "built" } else { "up to date" },
+        built.elapsed.as_secs_f64(),
+        built.dir.display()
+    );
+    Ok(())
+}
+
+async fn warm(args: WarmArgs) -> anyhow::Result<()> {
+    let templates_dir = args
+        .templates_dir
+        .unwrap_or_else(|| AgentConfig::default().templates_dir);
+    let templates = template::load_all(&templates_dir, "qemu")?;
+    let base = templates.get(&args.name).with_context(|| {
+        format!(
+            "no qemu template named {:?} in {}",
+            args.name,
+            templates_dir.display()
+        )
+    })?;
+    let backend = QemuBackend::new(AgentConfig::default().qemu)?;
+    let work = tempfile::tempdir()?;
+    let with_config_disk = match args.config_disk {
+        ConfigDisk::Always => true,
+        ConfigDisk::Never => false,
+        ConfigDisk::Auto => has_runner_agent(&base.dir),
+    };
+    let config_disk = if with_config_disk {
+        let path = work.path().join("config.img");
+        write_throwaway_config_disk(&path, &base.metadata.ssh_user)?;
+        Some(path)
+    } else {
+        None
+    };
+    let options = WarmOptions {
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        config_disk,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        force: args.force,
+    };
+    let warm = make_warm_template(&backend, base, &options).await?;
+    if warm.built {
+        println!(
+            "{} built: boot to SSH {:.2} s, state saved in {:.2} s ({} MB): {}",
+            warm.name,
+            warm.boot_to_ssh.as_secs_f64(),
+            warm.save.as_secs_f64(),
+            warm.state_bytes >> 20,
+            warm.dir.display()
+        );
+    } else {
+        println!("{} up to date: {}", warm.name, warm.dir.display());
+    }
+    Ok(())
+}
+
+/// The test guest records whether it holds the runner-agent; other templates are assumed to.
+fn has_runner_agent(dir: &std::path::Path) -> bool {
+    std::fs::read(dir.join(shoes_vz_guest_image::builder::BUILD_INPUTS_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<BuildInputs>(&bytes).ok())
+        .is_none_or(|inputs| inputs.runner_agent_sha256.is_some())
+}
+
+/// Keys and a token nobody keeps: the warm guest only has to start its SSH server. Every
+/// restored runner gets its own through the runner-agent's refresh.
+fn write_throwaway_config_disk(path: &std::path::Path, ssh_user: &str) -> anyhow::Result<()> {
+    let client = ssh::generate_ed25519()?;
+    let host = ssh::generate_ed25519()?;
+    let config = GuestConfig {
+        version: shoes_vz_guest_config::FORMAT_VERSION,
+        runner_id: format!("warm-{}", uuid::Uuid::new_v4().simple()),
+        api_token: ApiToken::generate()?,
+        notify_url: "http://10.0.2.2:9/v1/notify".into(),
+        ssh_user: ssh_user.to_string(),
+        ssh_authorized_key: ssh::authorized_key_line(client.public_key()),
+        ssh_host_key: OpenSshPrivateKey::new(
+            host.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
+                .to_string(),
+        )?,
+        ssh_host_public_key: ssh::authorized_key_line(host.public_key()),
+        http_listen: shoes_vz_guest_config::default_http_listen(),
+        runner_dir: format!("/home/{ssh_user}/actions-runner").into(),
+        host_time_ms: None,
+    };
+    shoes_vz_guest_config::write_image(path, &config)?;
+    Ok(())
+}
