@@ -340,6 +340,51 @@ mod tests {
         }
     }
 
+    /// Needs a real reflink filesystem: `.ci/reflink-fs.sh` mounts one and CI exports its path.
+    #[test]
+    fn reflink_clones_share_extents_on_a_real_reflink_filesystem() {
+        let Some(root) = std::env::var_os("SHOESVZ_TEST_REFLINK_DIR") else {
+            eprintln!("SKIPPED: reflink clone test; set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs (run .ci/reflink-fs.sh as root)");
+            return;
+        };
+        let root = tempfile::tempdir_in(root).expect("tempdir on the reflink fs");
+        let templates = root.path().join("templates");
+        let dir = template::ensure_test_template(&templates, "t").expect("template");
+        // Real data, so there are extents to share.
+        std::fs::write(dir.join("Disk.img"), vec![7u8; 4 * 1024 * 1024]).expect("write disk");
+        let template = template::load(&dir).expect("load");
+        let runners = root.path().join("runners");
+        let bundle = create(
+            &template,
+            &runners,
+            &RunnerId::generate(),
+            CloneMode::Reflink,
+            MachineIdentifier::generate(),
+        )
+        .expect("reflink clone works here");
+        let clone = &bundle.disk_files[0];
+        assert_eq!(
+            std::fs::read(clone).expect("read clone"),
+            std::fs::read(dir.join("Disk.img")).expect("read template")
+        );
+        let frag = std::process::Command::new("filefrag")
+            .arg("-v")
+            .arg(clone)
+            .output()
+            .expect("filefrag (e2fsprogs)");
+        let report = String::from_utf8_lossy(&frag.stdout);
+        assert!(
+            report.contains("shared"),
+            "clone does not share extents with the template:\n{report}"
+        );
+        // Writing to the clone leaves the template untouched (copy-on-write).
+        std::fs::write(clone, b"changed").expect("write clone");
+        assert_eq!(
+            std::fs::read(dir.join("Disk.img")).expect("read template")[0],
+            7
+        );
+    }
+
     #[test]
     fn machine_identifiers_are_fresh_and_round_trip_as_hex() {
         let a = MachineIdentifier::generate();

@@ -7,13 +7,17 @@
 //! - [`runner`]: slots, the per-runner lifecycle, state reports and `runner-state.json`.
 //! - [`ssh`]: readiness checks and setup scripts over SSH.
 //! - [`sync`]: the link to the server (register, Sync stream, reconnect).
+//! - [`service`]: `install`/`uninstall` as a macOS LaunchDaemon.
 
 pub mod bundle;
 pub mod config;
 pub mod fsutil;
+pub mod guest_api;
 pub mod hypervisor;
 pub mod identity;
+pub mod notify;
 pub mod runner;
+pub mod service;
 pub mod ssh;
 pub mod sync;
 pub mod template;
@@ -21,6 +25,7 @@ pub mod test_vm;
 
 use anyhow::Context;
 use config::{AgentConfig, BackendKind};
+use hypervisor::qemu::QemuBackend;
 use hypervisor::test_backend::TestBackend;
 use hypervisor::Hypervisor;
 use runner::view::StateFile;
@@ -49,6 +54,7 @@ impl RunningAgent {
                 );
                 Arc::new(TestBackend::new(config.test_backend.clone()))
             }
+            BackendKind::Qemu => Arc::new(QemuBackend::new(config.qemu.clone())?),
         };
         Self::start_with_backend(config, backend).await
     }

@@ -1,7 +1,7 @@
 //! `shoes-vz`: the operator CLI. Each subcommand lives in `commands/`.
 
 use clap::{Parser, Subcommand};
-use shoes_vz_cli::commands::{bench, dev, runners};
+use shoes_vz_cli::commands::{bench, dev, runners, template};
 use shoes_vz_telemetry::{init_logging, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -27,6 +27,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Build templates (the QEMU test guest).
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 #[tokio::main]
@@ -37,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args).await,
         Command::Runners(command) => runners::run(command).await,
         Command::Bench(command) => bench::run(command).await,
+        Command::Template(command) => template::run(command).await,
     }
 }

@@ -3,7 +3,7 @@
 
 use super::RunnerManager;
 use crate::bundle::{self, Bundle, MachineIdentifier, RuntimeMetadata};
-use crate::hypervisor::{HypervisorError, VmSpec};
+use crate::hypervisor::{HypervisorError, LinuxBootFiles, RestoreFrom, VmSpec};
 use crate::ssh::{self, SshError, SshTarget};
 use crate::template::Template;
 use shoes_vz_model::{RunnerId, RunnerName, RunnerState};
@@ -140,6 +140,9 @@ impl RunnerManager {
             ssh_user: work.template.metadata.ssh_user.clone(),
             authorized_key: client_key.public_key().clone(),
             guest_host_key: Arc::clone(&host_key),
+            linux_boot: LinuxBootFiles::from_template(&work.template),
+            config_disk: None,
+            restore: RestoreFrom::from_template(&work.template),
         };
         let boot_started = Instant::now();
         self.hypervisor.start(&spec).await?;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dev;
 pub mod runners;
+pub mod template;
 
 use std::time::Duration;
 

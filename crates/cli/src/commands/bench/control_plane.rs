@@ -7,12 +7,6 @@ use anyhow::Context;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::time::{Duration, Instant};
 
-#[derive(clap::Subcommand, Debug)]
-pub enum BenchCommand {
-    /// AddInstance overhead (latency minus the backend's boot delay) and command push latency.
-    ControlPlane(ControlPlaneArgs),
-}
-
 #[derive(clap::Args, Debug)]
 pub struct ControlPlaneArgs {
     /// Runners to create (all at once, in waves of the cluster's capacity).
@@ -29,13 +23,7 @@ pub struct ControlPlaneArgs {
     boot_delay_ms: u64,
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::ControlPlane(args) => control_plane(args).await,
-    }
-}
-
-async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temp dir")?;
     let mut options = ClusterOptions::new(dir.path(), "bench-token-0123456789");
     options.agents = args.agents.max(1);

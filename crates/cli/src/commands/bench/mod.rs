@@ -1,0 +1,20 @@
+//! `shoes-vz bench …`: measurements printed as tables with P50/P95 columns. Speed is measured
+//! here, never asserted in tests.
+
+pub mod clone;
+pub mod control_plane;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// AddInstance overhead (latency minus the backend's boot delay) and command push latency.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// Copy-on-write clone of 1 GiB and 64 GiB sparse templates, against `cp --reflink=always`.
+    Clone(clone::CloneArgs),
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::ControlPlane(args) => control_plane::run(args).await,
+        BenchCommand::Clone(args) => clone::run(args).await,
+    }
+}
