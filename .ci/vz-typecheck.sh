@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Type-checks crates/vz (shoes-vz-vz) with its Virtualization.framework FFI on a non-Apple host.
+# Type-checks crates/vz (shoes-vz-vz) with its Virtualization.framework FFI on a non-Apple host,
+# and the code built on it: the agent's vz backend and the CLI's `template create --ipsw`
+# (feature `vz-typecheck` of shoes-vz-agent and shoes-vz-cli).
 #
 # objc2-virtualization 0.3.2 carries an unconditional `#[link(name = "Virtualization",
 # kind = "framework")]`, which rustc rejects off Apple (E0455). This script unpacks the crate
@@ -70,4 +72,9 @@ echo "== vz-typecheck: cargo check -p shoes-vz-vz --features typecheck --all-tar
 cargo check --config "$patch_arg" -p shoes-vz-vz --features typecheck --all-targets
 echo "== vz-typecheck: cargo clippy -p shoes-vz-vz --features typecheck --all-targets -- -D warnings"
 cargo clippy --config "$patch_arg" -p shoes-vz-vz --features typecheck --all-targets -- -D warnings
+users=(-p shoes-vz-agent -p shoes-vz-cli --features shoes-vz-agent/vz-typecheck,shoes-vz-cli/vz-typecheck)
+echo "== vz-typecheck: cargo check ${users[*]} --all-targets"
+cargo check --config "$patch_arg" "${users[@]}" --all-targets
+echo "== vz-typecheck: cargo clippy ${users[*]} --all-targets -- -D warnings"
+cargo clippy --config "$patch_arg" "${users[@]}" --all-targets -- -D warnings
 echo "== vz-typecheck: ok (type-checked only; a Mac verifies the rest, see docs/macos.md)"

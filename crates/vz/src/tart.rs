@@ -9,7 +9,9 @@ use crate::hardware::{self, HardwareModel, VzMachineIdentifier};
 use crate::limits::MIB;
 use crate::mac_address::MacAddress;
 use crate::plan::{AUXILIARY_STORAGE_FILE, DISK_FILE};
-use crate::template::{self, TemplateError, TemplateInfo, TemplateLimits, TemplateMetadata};
+use crate::template::{
+    self, GuestAgent, TemplateError, TemplateInfo, TemplateLimits, TemplateMetadata,
+};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -86,7 +88,7 @@ pub enum TartError {
     Invalid { dir: PathBuf, problem: String },
     #[error("tart VM {dir} is suspended ({SUSPENDED_STATE} exists): its disk is not cleanly shut down; run it and shut it down from inside (or `tart stop`) first")]
     Suspended { dir: PathBuf },
-    #[error("cannot clone {src} to {dst}; put the tart VM and the templates on the same APFS volume (or pass a copying clone function)")]
+    #[error("cannot clone {src} to {dst} copy-on-write; put the tart VM and the templates directory on the same APFS volume (XFS/btrfs on Linux): an import never falls back to a full copy")]
     Clone {
         src: PathBuf,
         dst: PathBuf,
@@ -188,6 +190,8 @@ pub struct TartImportOptions {
     pub setup_shell: String,
     /// Largest runner the template serves; defaults to the tart VM's own cpuCount/memorySize.
     pub limits: Option<TemplateLimits>,
+    /// The image runs the runner-agent (the default, under `/Users/<ssh_user>/actions-runner`).
+    pub guest_agent: Option<GuestAgent>,
 }
 
 impl TartImportOptions {
@@ -199,6 +203,9 @@ impl TartImportOptions {
             ssh_user: "admin".to_string(),
             setup_shell: "bash -s".to_string(),
             limits: None,
+            guest_agent: Some(GuestAgent {
+                runner_dir: template::default_runner_dir("admin"),
+            }),
         }
     }
 }
@@ -238,6 +245,7 @@ pub fn import_tart(
             max_vcpus: vm.config.cpu_count,
             max_memory_mib: vm.config.memory_size / MIB,
         }),
+        guest_agent: options.guest_agent.clone(),
     };
     info.validate()?;
     template::create_dir(template_dir)?;

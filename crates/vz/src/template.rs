@@ -3,6 +3,10 @@
 //! it), all read-only. Writing one (`template create --ipsw`, `import-tart`) and checking one
 //! are plain file work; whether the hardware model runs on this host is asked of the framework
 //! (`ffi::hardware_model_supported`).
+//!
+//! `diskFiles` lists [`CLONED_FILES`]: the two disks and `HardwareModel.json`. The agent clones
+//! them into every runner bundle, so the backend finds the hardware model in the bundle (its
+//! VM spec names the bundle, not the template).
 
 use crate::fsutil;
 use crate::hardware::{self, HardwareError, HardwareModel, HARDWARE_MODEL_FILE};
@@ -13,8 +17,15 @@ use std::path::{Path, PathBuf};
 
 pub const METADATA_FILE: &str = "TemplateMetadata.json";
 pub const BACKEND: &str = "vz";
-/// Cloned into every runner bundle, in this order.
+/// The files the VM writes: made owner-writable again in each runner bundle.
 pub const DISK_FILES: [&str; 2] = [DISK_FILE, AUXILIARY_STORAGE_FILE];
+/// `diskFiles` of every vz template: cloned into every runner bundle, in this order.
+pub const CLONED_FILES: [&str; 3] = [DISK_FILE, AUXILIARY_STORAGE_FILE, HARDWARE_MODEL_FILE];
+/// Where the GitHub Actions runner lives in a macOS guest of `ssh_user` (the default for
+/// [`GuestAgent::runner_dir`]).
+pub fn default_runner_dir(ssh_user: &str) -> String {
+    format!("/Users/{ssh_user}/actions-runner")
+}
 /// Every file of a finished template (all made read-only).
 pub const TEMPLATE_FILES: [&str; 4] = [
     DISK_FILE,
@@ -36,6 +47,17 @@ pub struct TemplateMetadata {
     pub disk_files: Vec<String>,
     pub limits: TemplateLimits,
     pub setup_shell: String,
+    /// The guest runs `shoes-vz-runner-agent` (per-runner config disk, notify, status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<GuestAgent>,
+}
+
+/// The agent's `guestAgent`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuestAgent {
+    /// The GitHub Actions runner's directory in the guest (absolute).
+    pub runner_dir: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +76,8 @@ pub struct TemplateInfo {
     pub ssh_user: String,
     pub limits: TemplateLimits,
     pub setup_shell: String,
+    /// `None` only for images that carry their own SSH keys (no runner-agent).
+    pub guest_agent: Option<GuestAgent>,
 }
 
 impl TemplateInfo {
@@ -74,6 +98,13 @@ impl TemplateInfo {
         if self.setup_shell.trim().is_empty() {
             return Err(TemplateError::Invalid("setupShell is empty".into()));
         }
+        if let Some(agent) = &self.guest_agent {
+            if !agent.runner_dir.starts_with('/') {
+                return Err(TemplateError::Invalid(
+                    "guestAgent.runnerDir must be an absolute path".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -84,9 +115,10 @@ impl TemplateInfo {
             backend: BACKEND.to_string(),
             labels: self.labels.clone(),
             ssh_user: self.ssh_user.clone(),
-            disk_files: DISK_FILES.iter().map(|f| f.to_string()).collect(),
+            disk_files: CLONED_FILES.iter().map(|f| f.to_string()).collect(),
             limits: self.limits,
             setup_shell: self.setup_shell.clone(),
+            guest_agent: self.guest_agent.clone(),
         }
     }
 }
@@ -156,8 +188,8 @@ pub struct CheckedTemplate {
     pub hardware_model: HardwareModel,
 }
 
-/// Checks a vz template's files: metadata for backend `vz` listing exactly `Disk.img` and
-/// `AuxiliaryStorage`, every file present, regular and read-only, `HardwareModel.json` valid.
+/// Checks a vz template's files: metadata for backend `vz` listing exactly [`CLONED_FILES`],
+/// every file present, regular and read-only, `HardwareModel.json` valid.
 pub fn check(dir: &Path) -> Result<CheckedTemplate, TemplateError> {
     let problem = |problem: String| TemplateError::Check {
         dir: dir.to_path_buf(),
@@ -186,9 +218,9 @@ pub fn check(dir: &Path) -> Result<CheckedTemplate, TemplateError> {
             metadata.backend
         )));
     }
-    if metadata.disk_files != DISK_FILES {
+    if metadata.disk_files != CLONED_FILES {
         return Err(problem(format!(
-            "diskFiles is {:?}; a vz template clones exactly {DISK_FILES:?}",
+            "diskFiles is {:?}; a vz template clones exactly {CLONED_FILES:?}",
             metadata.disk_files
         )));
     }
@@ -229,6 +261,9 @@ pub(crate) mod tests {
                 max_memory_mib: 16384,
             },
             setup_shell: "bash -s".into(),
+            guest_agent: Some(GuestAgent {
+                runner_dir: default_runner_dir("admin"),
+            }),
         }
     }
 
@@ -253,11 +288,18 @@ pub(crate) mod tests {
             "backend": "vz",
             "labels": ["macos", "arm64"],
             "sshUser": "admin",
-            "diskFiles": ["Disk.img", "AuxiliaryStorage"],
+            "diskFiles": ["Disk.img", "AuxiliaryStorage", "HardwareModel.json"],
             "limits": {"maxVcpus": 8, "maxMemoryMib": 16384},
-            "setupShell": "bash -s"
+            "setupShell": "bash -s",
+            "guestAgent": {"runnerDir": "/Users/admin/actions-runner"}
         });
         assert_eq!(json, expected);
+        let without_agent = TemplateInfo {
+            guest_agent: None,
+            ..info()
+        };
+        let json = serde_json::to_value(without_agent.metadata()).expect("json");
+        assert!(json.get("guestAgent").is_none(), "{json}");
     }
 
     #[test]
@@ -268,6 +310,11 @@ pub(crate) mod tests {
             |i| i.labels = vec!["has space".into()],
             |i| i.limits.max_vcpus = 0,
             |i| i.setup_shell = " ".into(),
+            |i| {
+                i.guest_agent = Some(GuestAgent {
+                    runner_dir: "actions-runner".into(),
+                })
+            },
         ] {
             let mut i = info();
             change(&mut i);
@@ -319,6 +366,19 @@ pub(crate) mod tests {
         seal_what_exists(&dir);
         let error = check(&dir).expect_err("aux missing").to_string();
         assert!(error.contains("AuxiliaryStorage cannot be read"), "{error}");
+    }
+
+    #[test]
+    fn a_template_that_would_not_clone_its_hardware_model_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("t");
+        write_template(&dir);
+        let mut metadata = info().metadata();
+        metadata.disk_files.truncate(2);
+        fsutil::write_json_atomic(&dir.join(METADATA_FILE), &metadata).expect("rewrite");
+        seal(&dir).expect("seal");
+        let error = check(&dir).expect_err("old diskFiles").to_string();
+        assert!(error.contains("HardwareModel.json"), "{error}");
     }
 
     fn seal_what_exists(dir: &Path) {

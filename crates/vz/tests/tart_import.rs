@@ -43,7 +43,15 @@ fn imports_a_sealed_template_the_agent_can_load() {
     assert_eq!(checked.metadata.ssh_user, "admin");
     assert_eq!(
         checked.metadata.disk_files,
-        ["Disk.img", "AuxiliaryStorage"]
+        ["Disk.img", "AuxiliaryStorage", "HardwareModel.json"]
+    );
+    assert_eq!(
+        checked
+            .metadata
+            .guest_agent
+            .as_ref()
+            .map(|a| a.runner_dir.as_str()),
+        Some("/Users/admin/actions-runner")
     );
     // Limits default to the tart VM's own size (4 CPUs, 8 GiB).
     assert_eq!(

@@ -1,0 +1,222 @@
+//! `shoes-vz template import-tart` and `shoes-vz template create --ipsw`: macOS templates for
+//! the vz backend, written to `<templates-dir>/<NAME>-<VERSION>/` (never over an existing one).
+//! Importing is plain file work and runs anywhere; installing needs Virtualization.framework.
+
+use anyhow::Context;
+use shoes_vz_agent::config::AgentConfig;
+use shoes_vz_vz::tart::{self, TartImportOptions};
+use shoes_vz_vz::template::{default_runner_dir, GuestAgent, TemplateLimits};
+use std::path::PathBuf;
+
+/// What every new vz template is told.
+#[derive(clap::Args, Debug)]
+pub struct NewTemplateArgs {
+    /// Template name (letters, digits, '.', '_', '-'); runners ask for it.
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "1")]
+    version: String,
+    /// A label of the template (repeat for more), e.g. --label macos --label arm64.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Templates directory [default: the agent's default templates_dir].
+    #[arg(long, env = "SHOESVZ_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    /// The guest user the agent logs in as over SSH.
+    #[arg(long, default_value = "admin")]
+    ssh_user: String,
+    /// The GitHub Actions runner's directory in the guest
+    /// [default: /Users/<SSH_USER>/actions-runner].
+    #[arg(long, conflicts_with = "no_guest_agent")]
+    runner_dir: Option<String>,
+    /// The image has no shoes-vz-runner-agent and carries its own SSH keys (tests only): its
+    /// runners get no config disk.
+    #[arg(long)]
+    no_guest_agent: bool,
+    /// Largest vCPU count a runner may ask for [default: the VM's own].
+    #[arg(long)]
+    max_vcpus: Option<u32>,
+    /// Largest memory (MiB) a runner may ask for [default: the VM's own].
+    #[arg(long)]
+    max_memory_mib: Option<u64>,
+}
+
+impl NewTemplateArgs {
+    fn target_dir(&self) -> PathBuf {
+        let templates_dir = self
+            .templates_dir
+            .clone()
+            .unwrap_or_else(|| AgentConfig::default().templates_dir);
+        templates_dir.join(format!("{}-{}", self.name, self.version))
+    }
+
+    fn guest_agent(&self) -> Option<GuestAgent> {
+        (!self.no_guest_agent).then(|| GuestAgent {
+            runner_dir: self
+                .runner_dir
+                .clone()
+                .unwrap_or_else(|| default_runner_dir(&self.ssh_user)),
+        })
+    }
+
+    fn limits(&self, vcpus: u32, memory_mib: u64) -> TemplateLimits {
+        TemplateLimits {
+            max_vcpus: self.max_vcpus.unwrap_or(vcpus),
+            max_memory_mib: self.max_memory_mib.unwrap_or(memory_mib),
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportTartArgs {
+    /// The tart VM directory (e.g. ~/.tart/vms/NAME), shut down; on the same copy-on-write
+    /// volume as the templates directory.
+    dir: PathBuf,
+    #[command(flatten)]
+    template: NewTemplateArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CreateArgs {
+    /// The macOS restore image (.ipsw) to install.
+    #[arg(long)]
+    ipsw: PathBuf,
+    #[command(flatten)]
+    template: NewTemplateArgs,
+    /// Size of the sparse Disk.img, in GiB (at least 32; only written blocks take space).
+    #[arg(long, default_value_t = 64)]
+    disk_gib: u64,
+    /// vCPUs of the install VM (raised to the image's minimum).
+    #[arg(long, default_value_t = 4)]
+    vcpus: u32,
+    /// Memory (MiB) of the install VM (raised to the image's minimum).
+    #[arg(long, default_value_t = 8192)]
+    memory_mib: u64,
+    /// Minutes the install may take.
+    #[arg(long, default_value_t = 120)]
+    timeout_min: u64,
+}
+
+/// Clones the tart VM's disk and NVRAM copy-on-write (never a full copy) into a new template.
+pub async fn import_tart(args: ImportTartArgs) -> anyhow::Result<()> {
+    let target = args.template.target_dir();
+    let source = args.dir.clone();
+    let vm = tart::read_vm(&source)?;
+    let mut options = TartImportOptions::new(
+        &args.template.name,
+        &args.template.version,
+        args.template.labels.clone(),
+    );
+    options.ssh_user = args.template.ssh_user.clone();
+    options.guest_agent = args.template.guest_agent();
+    options.limits = Some(args.template.limits(
+        vm.config.cpu_count,
+        vm.config.memory_size / shoes_vz_vz::limits::MIB,
+    ));
+    let imported = tokio::task::spawn_blocking(move || {
+        tart::import_tart(&source, &target, &options, &tart::reflink_clone)
+    })
+    .await
+    .context("the import task failed")??;
+    println!(
+        "imported {} as template {} {}: {}",
+        args.dir.display(),
+        imported.metadata.name,
+        imported.metadata.version,
+        imported.dir.display()
+    );
+    report_hardware_model(&imported.hardware_model)?;
+    println!("the agent serves it from its next start");
+    Ok(())
+}
+
+#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
+fn report_hardware_model(model: &shoes_vz_vz::hardware::HardwareModel) -> anyhow::Result<()> {
+    if shoes_vz_vz::ffi::hardware_model_supported(model)? {
+        println!("this host's macOS supports its hardware model");
+    } else {
+        eprintln!(
+            "WARNING: this host's macOS does not support the template's hardware model; the \
+             agent refuses it here until the host is updated"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
+fn report_hardware_model(_model: &shoes_vz_vz::hardware::HardwareModel) -> anyhow::Result<()> {
+    println!("its hardware model is checked on the Mac (the agent checks it at start)");
+    Ok(())
+}
+
+/// Installs macOS from an IPSW into a new template, with a progress bar.
+#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
+pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    use shoes_vz_vz::ffi::{install_from_ipsw, IpswInstall};
+    use shoes_vz_vz::template::TemplateInfo;
+
+    let template = &args.template;
+    let request = IpswInstall {
+        ipsw: args.ipsw.clone(),
+        template_dir: template.target_dir(),
+        info: TemplateInfo {
+            name: template.name.clone(),
+            version: template.version.clone(),
+            labels: template.labels.clone(),
+            ssh_user: template.ssh_user.clone(),
+            limits: template.limits(args.vcpus, args.memory_mib),
+            setup_shell: "bash -s".to_string(),
+            guest_agent: template.guest_agent(),
+        },
+        disk_size_bytes: args
+            .disk_gib
+            .saturating_mul(1024 * shoes_vz_vz::limits::MIB),
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        timeout: std::time::Duration::from_secs(args.timeout_min.saturating_mul(60)),
+    };
+    let reserve = shoes_vz_agent::hypervisor::vz::host_reserve(&AgentConfig::default().vz);
+    let bar = indicatif::ProgressBar::new(1000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "installing macOS {wide_bar} {percent:>3}% ({elapsed_precise})",
+        )
+        .context("progress bar template")?,
+    );
+    let progress = bar.clone();
+    let installed = install_from_ipsw(&request, reserve, move |fraction| {
+        progress.set_position((fraction * 1000.0).round() as u64)
+    })
+    .await;
+    match &installed {
+        Ok(_) => bar.finish(),
+        Err(_) => bar.abandon(),
+    }
+    let installed = installed?;
+    for change in &installed.adjustments {
+        println!(
+            "install VM {}: {} instead of {} ({})",
+            change.resource, change.granted, change.requested, change.reason
+        );
+    }
+    println!(
+        "installed macOS {} ({}) as template {} {}: {}",
+        installed.restore_image.os_version,
+        installed.restore_image.build_version,
+        installed.metadata.name,
+        installed.metadata.version,
+        installed.dir.display()
+    );
+    println!(
+        "the guest starts in Setup Assistant: finish the image (docs/macos.md §3b, §4) before \
+         serving it"
+    );
+    Ok(())
+}
+
+/// Off macOS there is no Virtualization.framework to install with.
+#[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
+pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    let _ = args;
+    Err(shoes_vz_vz::errors::unsupported_off_macos("install macOS from an IPSW").into())
+}
