@@ -29,6 +29,11 @@ pub struct AgentConfig {
     pub setup_output_limit: usize,
     pub test_backend: TestBackendConfig,
     pub qemu: QemuConfig,
+    pub vz: VzConfig,
+    pub notify: NotifyConfig,
+    /// How often the agent asks a running guest's runner-agent for the GitHub runner's state.
+    #[serde(with = "humantime_serde")]
+    pub guest_status_interval: Duration,
     pub reconnect: Reconnect,
 }
 
@@ -39,6 +44,8 @@ pub enum BackendKind {
     Test,
     /// Linux guests under QEMU (KVM or TCG), e.g. the test guest.
     Qemu,
+    /// macOS guests under Virtualization.framework (macOS on Apple silicon only).
+    Vz,
 }
 
 impl BackendKind {
@@ -46,6 +53,29 @@ impl BackendKind {
         match self {
             BackendKind::Test => "test",
             BackendKind::Qemu => "qemu",
+            BackendKind::Vz => "vz",
+        }
+    }
+}
+
+/// The `[notify]` section: where guests tell the agent they are up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Listen only where guests reach the host: loopback suits `test` and `qemu` (user-mode
+    /// networking forwards the guest's 10.0.2.2 to the host's 127.0.0.1); for `vz`, the NAT
+    /// bridge address (e.g. `192.168.64.1:8081`). Port 0 lets the kernel choose.
+    pub listen: std::net::SocketAddr,
+    /// The URL guests POST to, when the backend's default (its host address as seen from the
+    /// guest, the bound port, `/v1/notify`) is wrong for this network.
+    pub guest_url: Option<String>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            guest_url: None,
         }
     }
 }
@@ -83,6 +113,58 @@ pub enum QemuAccel {
     Kvm,
     /// Software emulation: slow but works everywhere (nested KVM often does not).
     Tcg,
+}
+
+/// The `[vz]` section (macOS hosts). vCPUs and memory come from each runner's request,
+/// clamped to the host minus the reserve and to the framework's limits (logged when changed);
+/// the graceful stop uses `timeouts.stop`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VzConfig {
+    /// CPU cores never given to guests, so the agent, SSH and APFS keep up under two guests.
+    pub reserve_cpus: u32,
+    /// Memory (MiB) never given to guests.
+    pub reserve_memory_mib: u64,
+    /// Saved State warm slots (macOS 14+). Not wired into the agent yet: `true` is refused at
+    /// start with a clear error; runners boot cold.
+    pub warm_slots: bool,
+    /// bootpd's lease file, where a guest's address is found by its MAC.
+    pub dhcp_leases: PathBuf,
+    /// How often the lease file is read again while a guest boots.
+    #[serde(with = "humantime_serde")]
+    pub lease_poll_interval: Duration,
+    /// How long Virtualization.framework may take to create and start a VM.
+    #[serde(with = "humantime_serde")]
+    pub start_timeout: Duration,
+    /// How the guest's disk flushes reach the host's storage.
+    pub disk_sync: VzDiskSync,
+}
+
+impl Default for VzConfig {
+    fn default() -> Self {
+        Self {
+            reserve_cpus: 1,
+            reserve_memory_mib: 2048,
+            warm_slots: false,
+            dhcp_leases: PathBuf::from("/var/db/dhcpd_leases"),
+            lease_poll_interval: Duration::from_secs(1),
+            start_timeout: Duration::from_secs(60),
+            disk_sync: VzDiskSync::Full,
+        }
+    }
+}
+
+/// `VZDiskImageSynchronizationMode` for a runner's boot disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VzDiskSync {
+    /// Guest flushes reach the physical disk (the framework's default).
+    Full,
+    /// Guest flushes become `fsync` (cheaper; the drive's cache may still lose them).
+    Fsync,
+    /// Guest flushes are ignored: fastest; only a host crash loses data, and with it the
+    /// runner, which is thrown away anyway.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -200,6 +282,9 @@ impl Default for AgentConfig {
             setup_output_limit: 64 * 1024,
             test_backend: TestBackendConfig::default(),
             qemu: QemuConfig::default(),
+            vz: VzConfig::default(),
+            notify: NotifyConfig::default(),
+            guest_status_interval: Duration::from_secs(5),
             reconnect: Reconnect::default(),
         }
     }

@@ -27,6 +27,7 @@ use anyhow::Context;
 use config::{AgentConfig, BackendKind};
 use hypervisor::qemu::QemuBackend;
 use hypervisor::test_backend::TestBackend;
+use hypervisor::vz::VzBackend;
 use hypervisor::Hypervisor;
 use runner::view::StateFile;
 use runner::RunnerManager;
@@ -43,10 +44,11 @@ pub struct RunningAgent {
     pub manager: Arc<RunnerManager>,
     shutdown: CancellationToken,
     sync_task: tokio::task::JoinHandle<()>,
+    notify_task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningAgent {
-    pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
+    pub async fn start(mut config: AgentConfig) -> anyhow::Result<RunningAgent> {
         let backend: Arc<dyn Hypervisor> = match config.backend {
             BackendKind::Test => {
                 tracing::warn!(
@@ -55,6 +57,11 @@ impl RunningAgent {
                 Arc::new(TestBackend::new(config.test_backend.clone()))
             }
             BackendKind::Qemu => Arc::new(QemuBackend::new(config.qemu.clone())?),
+            BackendKind::Vz => {
+                let backend = VzBackend::new(config.vz.clone(), &config.templates_dir)?;
+                hypervisor::vz::cap_capacity(&mut config.capacity);
+                Arc::new(backend)
+            }
         };
         Self::start_with_backend(config, backend).await
     }
@@ -114,14 +121,27 @@ impl RunningAgent {
         };
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let state_file = StateFile::new(config.state_file(), agent_id.to_string());
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(notify::NotifyHub::default());
+        if config.backend == BackendKind::Vz && config.notify.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %config.notify.listen,
+                "notify.listen is loopback, which macOS guests cannot reach: set it to 0.0.0.0:8081 (with a firewall rule for 192.168.64.0/24); see docs/macos.md"
+            );
+        }
+        let (notify_addr, notify_task) =
+            notify::serve(config.notify.listen, Arc::clone(&hub), shutdown.clone()).await?;
+        let notify_url = notify_url(&config, backend.as_ref(), notify_addr)?;
+        tracing::info!(listen = %notify_addr, guest_url = %notify_url, "guest notify endpoint listening");
+        let guest_channel = runner::GuestChannel { hub, notify_url };
         let manager = RunnerManager::new(
             Arc::clone(&config),
             backend,
             templates,
             events_tx,
             state_file,
+            guest_channel,
         );
-        let shutdown = CancellationToken::new();
         let sync_task = tokio::spawn(sync::run(
             sync_config,
             Arc::clone(&manager),
@@ -134,6 +154,7 @@ impl RunningAgent {
             manager,
             shutdown,
             sync_task,
+            notify_task,
         })
     }
 
@@ -144,14 +165,41 @@ impl RunningAgent {
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.shutdown.cancel();
         let _ = self.sync_task.await;
+        let _ = self.notify_task.await;
     }
 
     /// Stops at once, leaving VMs' bundles behind, as a crash would. For tests of recovery.
     pub async fn abandon(self) {
         self.shutdown.cancel();
         let _ = self.sync_task.await;
+        let _ = self.notify_task.await;
         self.manager.abandon();
     }
+}
+
+/// The URL guests POST their notify to: configured, or the backend's host address as guests
+/// see it with the bound port, or the listen address itself when it is a specific one.
+fn notify_url(
+    config: &AgentConfig,
+    backend: &dyn Hypervisor,
+    bound: std::net::SocketAddr,
+) -> anyhow::Result<String> {
+    if let Some(url) = &config.notify.guest_url {
+        return Ok(url.clone());
+    }
+    let host = match backend.host_address_for_guests() {
+        Some(ip) => ip,
+        None if !bound.ip().is_unspecified() => bound.ip(),
+        None => anyhow::bail!(
+            "cannot tell how guests reach the notify endpoint on {bound}: set notify.guest_url (e.g. http://192.168.64.1:{}/v1/notify)",
+            bound.port()
+        ),
+    };
+    Ok(format!(
+        "http://{}{}",
+        std::net::SocketAddr::new(host, bound.port()),
+        notify::NOTIFY_PATH
+    ))
 }
 
 /// A bundle on disk at start has no live VM under this process: end what an earlier process

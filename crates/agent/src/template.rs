@@ -30,6 +30,17 @@ pub struct TemplateMetadata {
     /// A warm template: runners restore this saved VM state instead of booting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved_state: Option<SavedState>,
+    /// The guest runs `shoes-vz-runner-agent`: it gets a per-runner config disk (keys,
+    /// token) and notifies the agent when up. Absent: the image carries its own keys (tests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<GuestAgent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuestAgent {
+    /// The GitHub Actions runner's directory in the guest (absolute), watched for its state.
+    pub runner_dir: String,
 }
 
 /// A VM state saved from this template's disks, and the VM shape it needs back: a restore
@@ -45,6 +56,10 @@ pub struct SavedState {
     pub config_disk: bool,
     /// The guest's address when it was saved (a restored guest keeps it).
     pub guest_ip: String,
+    /// File (mode 0600, in the template directory) holding the runner-agent token of the saved
+    /// guest: it authorizes the `/refresh` that gives each restored clone its own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_token_file: Option<String>,
 }
 
 /// A kernel (uncompressed `vmlinux`, booted through its PVH entry) and an initramfs, as
@@ -150,10 +165,14 @@ pub fn load(dir: &Path) -> Result<Template, TemplateError> {
             .chain(boot.initrd.iter().map(|initrd| ("initrd", initrd)))
     });
     let disk_files = metadata.disk_files.iter().map(|file| ("disk file", file));
-    let state_file = metadata
-        .saved_state
-        .iter()
-        .map(|state| ("saved state", &state.file));
+    let state_file = metadata.saved_state.iter().flat_map(|state| {
+        std::iter::once(("saved state", &state.file)).chain(
+            state
+                .guest_token_file
+                .iter()
+                .map(|file| ("guest token file", file)),
+        )
+    });
     for (kind, file) in disk_files.chain(boot_files).chain(state_file) {
         // One plain component: a template can never make the agent read from outside itself.
         validate_name(kind, file, 128).map_err(|e| invalid(e.to_string()))?;
@@ -178,6 +197,13 @@ pub fn load(dir: &Path) -> Result<Template, TemplateError> {
     }
     if metadata.setup_shell.trim().is_empty() {
         return Err(invalid("setupShell is empty".into()));
+    }
+    if let Some(agent) = &metadata.guest_agent {
+        if !agent.runner_dir.starts_with('/') {
+            return Err(invalid(
+                "guestAgent.runnerDir must be an absolute path".into(),
+            ));
+        }
     }
     Ok(Template {
         dir: dir.to_path_buf(),
@@ -251,6 +277,9 @@ pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf>
         setup_shell: "sh -s".to_string(),
         linux_boot: None,
         saved_state: None,
+        guest_agent: Some(GuestAgent {
+            runner_dir: "/home/runner/actions-runner".to_string(),
+        }),
     };
     crate::fsutil::write_json_atomic(&dir.join(METADATA_FILE), &metadata)?;
     Ok(dir)

@@ -4,6 +4,7 @@
 use anyhow::Context;
 use shoes_vz_agent::config::{AgentConfig, BackendKind, CloneMode};
 use shoes_vz_agent::{bundle, template, RunningAgent};
+use shoes_vz_model::{ResourceSpec, ResourceType};
 use shoes_vz_protocol::client::{connect_shoes, ConnectOptions, ShoesClient};
 use shoes_vz_server::config::ServerConfig;
 use shoes_vz_server::RunningServer;
@@ -13,6 +14,30 @@ use std::time::Duration;
 
 /// The template every test-backend cluster serves.
 pub const DEFAULT_TEST_TEMPLATE: &str = "test-default";
+/// What a `nano` runner of a qemu cluster gets (and its warm template is saved with).
+pub const QEMU_GUEST_VCPUS: u32 = 1;
+pub const QEMU_GUEST_MEMORY_MIB: u64 = 256;
+
+/// Builds the test guest (first use) and, when asked, its warm template; returns the
+/// cold template's name (the scheduler's default).
+async fn prepare_qemu_templates(templates: &Path, warm: bool) -> anyhow::Result<String> {
+    std::fs::create_dir_all(templates)?;
+    let built = crate::qemu_templates::ensure_test_guest(templates).await?;
+    if warm {
+        let base = template::load(&built.dir)?;
+        let made = crate::qemu_templates::ensure_warm(
+            &base,
+            QEMU_GUEST_VCPUS,
+            QEMU_GUEST_MEMORY_MIB,
+            shoes_vz_agent::config::QemuConfig::default(),
+            Duration::from_secs(300),
+            false,
+        )
+        .await?;
+        tracing::info!(template = %made.name, dir = %made.dir.display(), "warm template ready");
+    }
+    Ok(built.name)
+}
 
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -27,6 +52,8 @@ pub struct ClusterOptions {
     pub never_ready: bool,
     pub boot_to_ssh_timeout: Duration,
     pub add_instance_timeout: Duration,
+    /// qemu: also make the test guest's warm template (runners asking for label `warm`).
+    pub warm: bool,
 }
 
 impl ClusterOptions {
@@ -43,6 +70,7 @@ impl ClusterOptions {
             never_ready: false,
             boot_to_ssh_timeout: Duration::from_secs(60),
             add_instance_timeout: Duration::from_secs(240),
+            warm: false,
         }
     }
 }
@@ -59,12 +87,25 @@ impl LocalCluster {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create data dir {}", options.data_dir.display()))?;
         let templates = options.data_dir.join("templates");
-        template::ensure_test_template(&templates, DEFAULT_TEST_TEMPLATE).with_context(|| {
-            format!(
-                "cannot create the default test template in {}",
-                templates.display()
-            )
-        })?;
+        let default_template = match options.backend {
+            BackendKind::Test => {
+                template::ensure_test_template(&templates, DEFAULT_TEST_TEMPLATE).with_context(
+                    || {
+                        format!(
+                            "cannot create the default test template in {}",
+                            templates.display()
+                        )
+                    },
+                )?;
+                DEFAULT_TEST_TEMPLATE.to_string()
+            }
+            BackendKind::Qemu => prepare_qemu_templates(&templates, options.warm).await?,
+            #[allow(unreachable_patterns)]
+            other => anyhow::bail!(
+                "the local cluster runs the test and qemu backends, not {}",
+                other.as_str()
+            ),
+        };
         let clone_mode = if bundle::reflink_supported(&options.data_dir) {
             CloneMode::Reflink
         } else {
@@ -75,7 +116,9 @@ impl LocalCluster {
             );
             CloneMode::Copy
         };
-        let server = RunningServer::start(Self::server_config(&options)).await?;
+        let mut server_config = Self::server_config(&options);
+        server_config.scheduler.default_template = Some(default_template);
+        let server = RunningServer::start(server_config).await?;
         let mut cluster = LocalCluster {
             server,
             agents: Vec::new(),
@@ -101,6 +144,16 @@ impl LocalCluster {
         };
         config.auth.token = Some(options.token.clone());
         config.timeouts.add_instance = options.add_instance_timeout;
+        if options.backend == BackendKind::Qemu {
+            // The test guest is tiny: nano is the shape its warm template is saved with.
+            config.resources.types.insert(
+                ResourceType::Nano,
+                ResourceSpec {
+                    vcpus: QEMU_GUEST_VCPUS,
+                    memory_mib: QEMU_GUEST_MEMORY_MIB,
+                },
+            );
+        }
         config
     }
 

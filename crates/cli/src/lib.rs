@@ -3,10 +3,16 @@
 //! # Layout
 //! - [`cluster`]: the all-in-one local cluster (server + agents in one process).
 //! - [`commands`]: one module per subcommand.
+//! - [`plugin_client`]: driving `shoes-vz-plugin` the way myshoes does (go-plugin protocol).
+//! - [`workspace_bin`]: finding (or building) this project's other binaries.
 //! - [`stats`]: percentiles for benchmarks and timing tables.
+//! - [`qemu_templates`]: the QEMU test guest and its warm template, built on first use.
 //! - [`scratch_fs`]: a reflink filesystem for clone measurements.
 
 pub mod cluster;
 pub mod commands;
+pub mod plugin_client;
+pub mod qemu_templates;
 pub mod scratch_fs;
 pub mod stats;
+pub mod workspace_bin;

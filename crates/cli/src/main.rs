@@ -27,7 +27,7 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Build templates (the QEMU test guest).
+    /// Build templates: the QEMU test guest, warm templates, macOS (vz) templates.
     #[command(subcommand)]
     Template(template::TemplateCommand),
 }

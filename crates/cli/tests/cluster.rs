@@ -38,7 +38,12 @@ async fn concurrent_adds_fill_exactly_the_capacity_then_delete_frees_it() {
                 let reply = reply.into_inner();
                 assert_eq!(reply.shoes_type, "shoes-vz");
                 assert!(reply.cloud_id.starts_with("shoes-vz-"));
-                assert_eq!(reply.ip_address, "127.0.0.1");
+                // The test guest's runner-agent runs on the host, so it notifies a host address.
+                assert!(
+                    reply.ip_address.parse::<std::net::IpAddr>().is_ok(),
+                    "{}",
+                    reply.ip_address
+                );
                 assert_eq!(reply.resource_type, pb::ResourceType::Small as i32);
                 created.push((i, reply.cloud_id));
             }
@@ -60,6 +65,16 @@ async fn concurrent_adds_fill_exactly_the_capacity_then_delete_frees_it() {
         let marker =
             std::fs::read_to_string(markers.join(format!("runner-{i}"))).expect("setup script ran");
         assert_eq!(marker, format!("secret-token-{i} ran as runner\n"));
+        // The guest's runner-agent reports the GitHub runner's state (none installed: offline).
+        let mut guest_state = String::new();
+        for _ in 0..500 {
+            guest_state = get(&mut client, cloud_id).await.guest_runner_state;
+            if !guest_state.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(guest_state, "offline");
     }
     let live: usize = (0..2).map(|a| bundles(&cluster.runners_dir(a))).sum();
     assert_eq!(live, 4, "one bundle per runner");

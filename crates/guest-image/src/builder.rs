@@ -225,6 +225,12 @@ pub fn build_test_guest(options: &BuildOptions) -> Result<TemplateDir, BuildErro
             kernel_args: String::new(),
         }),
         saved_state: None,
+        guest_agent: options
+            .runner_agent
+            .as_ref()
+            .map(|_| shoes_vz_agent::template::GuestAgent {
+                runner_dir: format!("/home/{}/actions-runner", guest::RUNNER_USER),
+            }),
     };
     for (file, value) in [
         (BUILD_INPUTS_FILE, serde_json::to_value(&inputs)),

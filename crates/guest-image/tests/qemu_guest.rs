@@ -348,6 +348,7 @@ async fn runners_of_a_warm_template_restore_and_fall_back_to_a_cold_boot() {
         vcpus: 1,
         memory_mib: 256,
         config_disk: None,
+        guest_token: None,
         boot_timeout: BOOT_TIMEOUT,
         force: false,
     };

@@ -5,9 +5,11 @@
 //! - `mod.rs`: the [`Hypervisor`] trait, [`VmSpec`], [`VmEvent`], errors.
 //! - [`test_backend`]: loopback SSH servers that play VMs (isolates nothing).
 //! - [`qemu`]: Linux guests under QEMU (microvm, KVM or TCG).
+//! - [`vz`]: macOS guests under Virtualization.framework (macOS only; Unsupported elsewhere).
 
 pub mod qemu;
 pub mod test_backend;
+pub mod vz;
 
 use crate::bundle::MachineIdentifier;
 use russh::keys::{PrivateKey, PublicKey};
@@ -83,6 +85,13 @@ pub struct GuestEndpoint {
     pub ip_address: String,
     /// Where the agent connects for SSH (a host forward for user-mode networking).
     pub ssh_addr: SocketAddr,
+    /// Where the agent reaches the guest's runner-agent HTTP API, when the backend knows.
+    pub http_addr: Option<SocketAddr>,
+    /// The VM was restored from a warm template's saved state (its guest still has the saved
+    /// identity until refreshed).
+    pub restored: bool,
+    /// A restore was tried and failed; the VM booted cold instead.
+    pub restore_fell_back: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,4 +167,9 @@ pub trait Hypervisor: Send + Sync {
 
     /// VM events for every runner on this backend.
     fn subscribe(&self) -> broadcast::Receiver<VmEvent>;
+
+    /// The host's address as guests see it (for the notify URL), when the backend knows it.
+    fn host_address_for_guests(&self) -> Option<std::net::IpAddr> {
+        None
+    }
 }

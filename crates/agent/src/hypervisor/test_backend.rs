@@ -1,16 +1,23 @@
 //! The test backend: a "VM" is a real SSH server on a loopback port that starts after a
-//! configurable delay, so readiness and setup scripts run against real SSH.
+//! configurable delay, so readiness and setup scripts run against real SSH. When the runner
+//! has a config disk, the guest side is the real runner-agent (in-process, under a fake root
+//! in the bundle): it reads the disk, installs the SSH keys the SSH server then uses, serves
+//! its API and notifies the agent, so the whole host↔guest handshake runs in the fast tests.
 //!
-//! It isolates nothing: commands "in the guest" run on the host as the agent's user, in
-//! the bundle's `guest-home` directory. Use it for tests, demos and scale runs only.
+//! It isolates nothing: commands "in the guest" run on the host as the agent's user, in the
+//! bundle's `guest-root/home/<user>`. Use it for tests, demos and scale runs only.
 
 use super::{GuestEndpoint, Hypervisor, HypervisorError, VmEvent, VmSpec};
 use crate::config::TestBackendConfig;
 use crate::test_vm::{TestSshConfig, TestSshServer};
+use russh::keys::{PrivateKey, PublicKey};
 use shoes_vz_model::RunnerId;
+use shoes_vz_runner_agent::identity::IdentityOptions;
+use shoes_vz_runner_agent::{AgentOptions, RunningAgent as GuestAgent};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -22,10 +29,22 @@ pub struct TestBackend {
     events: broadcast::Sender<VmEvent>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Endpoints {
+    ssh: SocketAddr,
+    http: Option<SocketAddr>,
+}
+
+/// What a booted test guest runs.
+struct Guest {
+    ssh: TestSshServer,
+    agent: Option<GuestAgent>,
+}
+
 struct TestVm {
-    /// `None` while "booting"; the SSH address once the server answers.
-    ssh_addr: watch::Receiver<Option<SocketAddr>>,
-    boot: JoinHandle<Option<TestSshServer>>,
+    /// `None` while "booting"; the addresses once the guest answers.
+    endpoints: watch::Receiver<Option<Endpoints>>,
+    boot: JoinHandle<Option<Guest>>,
 }
 
 impl TestBackend {
@@ -60,9 +79,74 @@ impl TestBackend {
 
 async fn shut_down(vm: TestVm) {
     vm.boot.abort();
-    if let Ok(Some(server)) = vm.boot.await {
-        server.shutdown().await;
+    if let Ok(Some(guest)) = vm.boot.await {
+        guest.ssh.shutdown().await;
+        if let Some(agent) = guest.agent {
+            agent.shutdown().await;
+        }
     }
+}
+
+/// A fake root for the guest: `/etc/passwd` naming the runner user as the agent's own uid.
+fn make_guest_root(root: &Path, user: &str) -> std::io::Result<PathBuf> {
+    let home = root.join("home").join(user);
+    std::fs::create_dir_all(&home)?;
+    std::fs::create_dir_all(root.join("etc"))?;
+    let owner = std::fs::metadata(&home)?;
+    let passwd = format!(
+        "{user}:x:{uid}:{gid}:{user}:/home/{user}:/bin/sh\n",
+        uid = owner.uid(),
+        gid = owner.gid()
+    );
+    std::fs::write(root.join("etc/passwd"), passwd)?;
+    Ok(home)
+}
+
+/// Boots the guest side: the runner-agent (when there is a config disk) installs the keys the
+/// SSH server then serves with, as sshd would read them in a real guest.
+async fn boot_guest(
+    mut ssh: TestSshConfig,
+    root: PathBuf,
+    config_disk: Option<PathBuf>,
+) -> Result<(Guest, Endpoints), String> {
+    let mut agent = None;
+    if let Some(disk) = config_disk {
+        let options = AgentOptions {
+            config_device: Some(disk),
+            identity: IdentityOptions {
+                root: root.clone(),
+                ..IdentityOptions::default()
+            },
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            config_wait: Duration::from_secs(5),
+            ..AgentOptions::default()
+        };
+        let started = GuestAgent::start(options)
+            .await
+            .map_err(|e| format!("the runner-agent did not start: {}", crate::error_chain(&e)))?;
+        let host_key = std::fs::read_to_string(root.join("etc/ssh/ssh_host_ed25519_key"))
+            .map_err(|e| format!("the runner-agent installed no host key: {e}"))?;
+        ssh.host_key = PrivateKey::from_openssh(&host_key)
+            .map_err(|e| format!("bad installed host key: {e}"))?;
+        let authorized = std::fs::read_to_string(
+            root.join("home")
+                .join(&ssh.user)
+                .join(".ssh/authorized_keys"),
+        )
+        .map_err(|e| format!("the runner-agent installed no authorized key: {e}"))?;
+        let line = authorized.lines().next().unwrap_or_default();
+        ssh.authorized_key = PublicKey::from_openssh(line)
+            .map_err(|e| format!("bad installed authorized key: {e}"))?;
+        agent = Some(started);
+    }
+    let server = TestSshServer::start(ssh)
+        .await
+        .map_err(|e| format!("the SSH server did not start: {e}"))?;
+    let endpoints = Endpoints {
+        ssh: server.local_addr(),
+        http: agent.as_ref().map(GuestAgent::local_addr),
+    };
+    Ok((Guest { ssh: server, agent }, endpoints))
 }
 
 #[async_trait::async_trait]
@@ -75,13 +159,14 @@ impl Hypervisor for TestBackend {
         if self.vms().contains_key(&spec.runner_id) {
             return Err(HypervisorError::AlreadyRunning(spec.runner_id.clone()));
         }
-        let workdir = spec.bundle_dir.join("guest-home");
-        std::fs::create_dir_all(&workdir).map_err(|source| HypervisorError::Io {
-            path: workdir.clone(),
-            source,
-        })?;
-        let (addr_tx, addr_rx) = watch::channel(None);
-        let server_config = TestSshConfig {
+        let root = spec.bundle_dir.join("guest-root");
+        let workdir =
+            make_guest_root(&root, &spec.ssh_user).map_err(|source| HypervisorError::Io {
+                path: root.clone(),
+                source,
+            })?;
+        let (endpoints_tx, endpoints_rx) = watch::channel(None);
+        let ssh = TestSshConfig {
             host_key: (*spec.guest_host_key).clone(),
             authorized_key: spec.authorized_key.clone(),
             user: spec.ssh_user.clone(),
@@ -91,18 +176,19 @@ impl Hypervisor for TestBackend {
         let delay = self.config.boot_delay;
         let never_ready = self.config.never_ready;
         let runner_id = spec.runner_id.clone();
+        let config_disk = spec.config_disk.clone();
         let boot = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             if never_ready {
                 std::future::pending::<()>().await;
             }
-            match TestSshServer::start(server_config).await {
-                Ok(server) => {
-                    addr_tx.send_replace(Some(server.local_addr()));
-                    Some(server)
+            match boot_guest(ssh, root, config_disk).await {
+                Ok((guest, endpoints)) => {
+                    endpoints_tx.send_replace(Some(endpoints));
+                    Some(guest)
                 }
                 Err(error) => {
-                    tracing::error!(runner = %runner_id, error = %error, "test VM could not start its SSH server");
+                    tracing::error!(runner = %runner_id, error = %error, "test VM failed to boot");
                     None
                 }
             }
@@ -110,7 +196,7 @@ impl Hypervisor for TestBackend {
         self.vms().insert(
             spec.runner_id.clone(),
             TestVm {
-                ssh_addr: addr_rx,
+                endpoints: endpoints_rx,
                 boot,
             },
         );
@@ -122,23 +208,26 @@ impl Hypervisor for TestBackend {
         runner_id: &RunnerId,
         timeout: Duration,
     ) -> Result<GuestEndpoint, HypervisorError> {
-        let mut addr = self
+        let mut endpoints = self
             .vms()
             .get(runner_id)
-            .map(|vm| vm.ssh_addr.clone())
+            .map(|vm| vm.endpoints.clone())
             .ok_or_else(|| HypervisorError::UnknownVm(runner_id.clone()))?;
-        let waited = tokio::time::timeout(timeout, addr.wait_for(Option::is_some)).await;
+        let waited = tokio::time::timeout(timeout, endpoints.wait_for(Option::is_some)).await;
         match waited {
             Ok(Ok(found)) => match *found {
-                Some(ssh_addr) => Ok(GuestEndpoint {
-                    ip_address: ssh_addr.ip().to_string(),
-                    ssh_addr,
+                Some(found) => Ok(GuestEndpoint {
+                    ip_address: found.ssh.ip().to_string(),
+                    ssh_addr: found.ssh,
+                    http_addr: found.http,
+                    restored: false,
+                    restore_fell_back: false,
                 }),
                 None => Err(HypervisorError::UnknownVm(runner_id.clone())),
             },
             Ok(Err(_)) => Err(HypervisorError::Exited {
                 runner_id: runner_id.clone(),
-                detail: "the test VM's SSH server failed to start".into(),
+                detail: "the test VM failed to boot (see the agent's log)".into(),
             }),
             Err(_) => Err(HypervisorError::Timeout {
                 runner_id: runner_id.clone(),
@@ -163,5 +252,9 @@ impl Hypervisor for TestBackend {
 
     fn subscribe(&self) -> broadcast::Receiver<VmEvent> {
         self.events.subscribe()
+    }
+
+    fn host_address_for_guests(&self) -> Option<std::net::IpAddr> {
+        Some(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 }

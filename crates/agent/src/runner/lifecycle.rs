@@ -1,8 +1,10 @@
 //! One task per runner: clone → boot → guest address → SSH ready → setup script → running,
 //! then wait for deletion; every stage under a timeout, any failure destroys the runner.
 
+use super::guest::{wait_notice, GuestError};
 use super::RunnerManager;
 use crate::bundle::{self, Bundle, MachineIdentifier, RuntimeMetadata};
+use crate::guest_api::GuestApi;
 use crate::hypervisor::{HypervisorError, LinuxBootFiles, RestoreFrom, VmSpec};
 use crate::ssh::{self, SshError, SshTarget};
 use crate::template::Template;
@@ -44,6 +46,8 @@ pub enum LifecycleError {
     SetupFailed(String),
     #[error("an internal task failed: {0}")]
     Internal(String),
+    #[error("the host-guest channel failed")]
+    Guest(#[from] GuestError),
 }
 
 impl RunnerManager {
@@ -61,10 +65,17 @@ impl RunnerManager {
             _ = vm_exit.cancelled() => Err(LifecycleError::VmExited(self.exit_detail(&runner_id))),
         };
         match outcome {
-            Ok(()) => {
+            Ok(guest_api) => {
+                let watch_guest = async {
+                    match guest_api {
+                        Some(api) => self.watch_guest_state(&runner_id, api).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = vm_exit.cancelled() => self.fail(&runner_id, &LifecycleError::VmExited(self.exit_detail(&runner_id))),
+                    () = watch_guest => {}
                 }
             }
             Err(LifecycleError::Cancelled) => {}
@@ -82,7 +93,8 @@ impl RunnerManager {
         });
     }
 
-    async fn bring_up(&self, work: &Work) -> Result<(), LifecycleError> {
+    /// Brings the runner to running; returns the guest's API when its template has one.
+    async fn bring_up(&self, work: &Work) -> Result<Option<GuestApi>, LifecycleError> {
         let id = &work.runner_id;
         let timeouts = &self.config.timeouts;
         let client_key = Arc::new(ssh::generate_ed25519().map_err(LifecycleError::Keys)?);
@@ -130,6 +142,17 @@ impl RunnerManager {
             view.timings.clone_ms = Some(clone_ms);
         });
 
+        let guest = match &work.template.metadata.guest_agent {
+            Some(agent) => Some(self.prepare_guest(
+                id,
+                &work.template,
+                agent,
+                &client_key,
+                &host_key,
+                &bundle.dir,
+            )?),
+            None => None,
+        };
         let spec = VmSpec {
             runner_id: id.clone(),
             bundle_dir: bundle.dir.clone(),
@@ -141,7 +164,7 @@ impl RunnerManager {
             authorized_key: client_key.public_key().clone(),
             guest_host_key: Arc::clone(&host_key),
             linux_boot: LinuxBootFiles::from_template(&work.template),
-            config_disk: None,
+            config_disk: guest.as_ref().map(|g| g.disk.clone()),
             restore: RestoreFrom::from_template(&work.template),
         };
         let boot_started = Instant::now();
@@ -150,13 +173,37 @@ impl RunnerManager {
             .hypervisor
             .guest_endpoint(id, timeouts.boot_to_ip)
             .await?;
+        if endpoint.restore_fell_back {
+            self.update(id, |view| view.warm_start_fallback = true);
+        }
+        // The guest's address comes from its verified notify when it has a runner-agent; a
+        // restored guest first gets this runner's identity, then notifies as this runner.
+        let mut ip_address = endpoint.ip_address.clone();
+        let mut guest_api = None;
+        if let Some(mut guest) = guest {
+            let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
+            if endpoint.restored {
+                self.refresh_restored(&work.template, endpoint.http_addr, &guest.config, remaining)
+                    .await?;
+            }
+            let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
+            let notice = wait_notice(&mut guest.notices, remaining).await?;
+            if let Some(address) = notice.addresses.first() {
+                ip_address.clone_from(address);
+            }
+            let http_addr = endpoint.http_addr.ok_or(GuestError::NoGuestApi)?;
+            guest_api = Some(
+                GuestApi::new(http_addr, guest.config.api_token.clone())
+                    .map_err(|e| LifecycleError::Internal(crate::error_chain(&e)))?,
+            );
+        }
         let boot_to_ip_ms = millis(boot_started.elapsed());
-        runtime.ip_address = Some(endpoint.ip_address.clone());
+        runtime.ip_address = Some(ip_address.clone());
         runtime.ssh_address = Some(endpoint.ssh_addr.to_string());
         runtime.boot_to_ip_ms = Some(boot_to_ip_ms);
         bundle.write_runtime_metadata(&runtime)?;
         self.update(id, |view| {
-            view.ip_address = Some(endpoint.ip_address.clone());
+            view.ip_address = Some(ip_address.clone());
             view.ssh_address = Some(endpoint.ssh_addr.to_string());
             view.timings.boot_to_ip_ms = Some(boot_to_ip_ms);
         });
@@ -204,11 +251,12 @@ impl RunnerManager {
             view.state = RunnerState::Running;
             view.timings.setup_ms = Some(setup_ms);
         });
-        Ok(())
+        Ok(guest_api)
     }
 
     async fn tear_down(&self, runner_id: &RunnerId, bundle_dir: std::path::PathBuf) {
         self.update(runner_id, |view| view.state = RunnerState::TearingDown);
+        self.forget_guest(runner_id);
         if let Err(error) = self
             .hypervisor
             .stop(runner_id, self.config.timeouts.stop)

@@ -5,6 +5,7 @@
 //! - [`lifecycle`]: one task per runner: clone → boot → SSH → setup → wait → tear down.
 //! - [`view`]: the per-runner record and how it is reported.
 
+pub mod guest;
 pub mod lifecycle;
 pub mod view;
 
@@ -21,9 +22,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use view::{gone_status, PhaseTimes, RunnerView, StateFile};
 
+/// How guests reach the agent's notify endpoint.
+pub struct GuestChannel {
+    pub hub: Arc<crate::notify::NotifyHub>,
+    /// The URL put on every config disk.
+    pub notify_url: String,
+}
+
 pub struct RunnerManager {
     config: Arc<AgentConfig>,
     hypervisor: Arc<dyn Hypervisor>,
+    guest_channel: GuestChannel,
     templates: BTreeMap<String, Template>,
     slots: Mutex<HashMap<RunnerId, Slot>>,
     events: mpsc::UnboundedSender<pb::RunnerStatus>,
@@ -52,10 +61,12 @@ impl RunnerManager {
         templates: BTreeMap<String, Template>,
         events: mpsc::UnboundedSender<pb::RunnerStatus>,
         state_file: StateFile,
+        guest_channel: GuestChannel,
     ) -> Arc<Self> {
         let manager = Arc::new(Self {
             config,
             hypervisor,
+            guest_channel,
             templates,
             slots: Mutex::new(HashMap::new()),
             events,
@@ -182,6 +193,7 @@ impl RunnerManager {
                     guest_runner_state: None,
                     created_at_ms: crate::now_ms(),
                     timings: PhaseTimes::default(),
+                    warm_start_fallback: false,
                 },
                 cancel: CancellationToken::new(),
                 vm_exit: CancellationToken::new(),

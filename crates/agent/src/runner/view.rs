@@ -28,6 +28,8 @@ pub struct RunnerView {
     pub guest_runner_state: Option<String>,
     pub created_at_ms: i64,
     pub timings: PhaseTimes,
+    /// A warm restore failed and the VM booted cold.
+    pub warm_start_fallback: bool,
 }
 
 impl RunnerView {
@@ -44,6 +46,7 @@ impl RunnerView {
                 setup_ms: self.timings.setup_ms.unwrap_or(0),
             }),
             guest_runner_state: self.guest_runner_state.clone().unwrap_or_default(),
+            warm_start_fallback: self.warm_start_fallback,
         }
     }
 }

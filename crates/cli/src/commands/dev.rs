@@ -2,9 +2,12 @@
 //! only) in the foreground, optionally taking a few runners through their whole life.
 
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::plugin_client::PluginHost;
 use crate::stats::{ms, percentile};
+use crate::workspace_bin::find_or_build;
 use anyhow::Context;
 use shoes_vz_agent::config::BackendKind;
+use shoes_vz_plugin::proto::myshoes;
 use shoes_vz_protocol::client::ShoesClient;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::net::SocketAddr;
@@ -13,9 +16,13 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Hypervisor backend. `test` plays VMs with loopback SSH servers and isolates nothing.
-    #[arg(long, value_enum, default_value_t = BackendKind::Test)]
-    backend: BackendKind,
+    /// Hypervisor backend [default: qemu on Linux, else test]. `test` plays VMs with loopback
+    /// SSH servers and isolates nothing.
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
+    /// qemu: also make the test guest's warm template and take demo runners through both paths.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    warm: bool,
     /// gRPC listen address (loopback only).
     #[arg(long, default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
@@ -59,12 +66,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| std::env::temp_dir().join("shoes-vz-dev"));
+    let backend = args.backend.unwrap_or_else(default_backend);
     let generated = args.token.is_none();
     let token = args.token.unwrap_or_else(uuid_token);
     let mut options = ClusterOptions::new(&data_dir, &token);
     options.listen = args.listen;
     options.metrics_listen = Some(args.metrics_listen);
-    options.backend = args.backend;
+    options.backend = backend;
+    options.warm = args.warm && backend == BackendKind::Qemu;
     options.agents = args.agents.max(1);
     options.max_runners_per_agent = args.max_runners;
     options.boot_delay = Duration::from_millis(args.boot_delay_ms);
@@ -76,7 +85,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let addr = cluster.server.grpc_addr;
     println!(
         "shoes-vz dev cluster is up ({} backend, data in {})",
-        args.backend.as_str(),
+        backend.as_str(),
         data_dir.display()
     );
     println!("  gRPC:    {addr}  (ShoesService and AgentService)");
@@ -89,15 +98,24 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  token:   from --token / SHOESVZ_TOKEN");
     }
     println!("  try:     SHOESVZ_SERVER_ADDR={addr} SHOESVZ_TOKEN=<token> shoes-vz runners list");
-    if args.backend == BackendKind::Test {
+    if backend == BackendKind::Test {
         println!(
             "  note:    the test backend's VMs are loopback SSH servers; they isolate nothing"
         );
     }
 
     if args.demo > 0 {
+        let host = PluginHost {
+            plugin: find_or_build("shoes-vz-plugin", "shoes-vz-plugin", "SHOESVZ_PLUGIN")?,
+            server_addr: addr.to_string(),
+            token: token.clone(),
+        };
         let client = cluster.client().await?;
-        demo(client, args.demo).await?;
+        let mut paths = vec![("cold", vec!["self-hosted".to_string(), "linux".to_string()])];
+        if cluster.options.warm {
+            paths.push(("warm", vec!["self-hosted".to_string(), "warm".to_string()]));
+        }
+        demo(&host, client, args.demo, &paths).await?;
     }
     if !args.exit_after_demo {
         println!("serving; Ctrl-C to stop (runners are torn down on the way out)");
@@ -113,22 +131,68 @@ fn uuid_token() -> String {
     format!("dev-{}", uuid::Uuid::new_v4().simple())
 }
 
+fn default_backend() -> BackendKind {
+    if !cfg!(target_os = "linux") {
+        return BackendKind::Test;
+    }
+    let missing: Vec<&str> = [
+        "qemu-system-x86_64",
+        "apt-get",
+        "dpkg-deb",
+        "mkfs.ext4",
+        "cpio",
+    ]
+    .into_iter()
+    .filter(|tool| !on_path(tool))
+    .collect();
+    if missing.is_empty() {
+        return BackendKind::Qemu;
+    }
+    eprintln!(
+        "WARNING: {} not found, so this runs the TEST backend (loopback SSH servers, no VMs, no isolation). \
+         For real VMs: apt-get install qemu-system-x86 qemu-utils e2fsprogs cpio xz-utils (see .ci/qemu-deps.sh), \
+         or pass --backend explicitly.",
+        missing.join(", ")
+    );
+    BackendKind::Test
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(program).is_file())
+    })
+}
+
 /// One runner's life as seen from myshoes' side.
 struct Life {
+    path: &'static str,
     add: Duration,
     delete: Duration,
     timings: pb::PhaseTimings,
 }
 
-async fn demo(client: ShoesClient, count: usize) -> anyhow::Result<()> {
-    println!("\ntaking {count} runner(s) through AddInstance → ssh-ready → setup → running → DeleteInstance ...");
+async fn demo(
+    host: &PluginHost,
+    client: ShoesClient,
+    count: usize,
+    paths: &[(&'static str, Vec<String>)],
+) -> anyhow::Result<()> {
+    println!(
+        "\ntaking {count} runner(s) per path through the plugin protocol ({}): AddInstance → ssh-ready → setup → running → DeleteInstance ...",
+        host.plugin.display()
+    );
     let mut lives = Vec::new();
-    for _ in 0..count {
-        lives.push(one_life(client.clone()).await?);
+    for (path, labels) in paths {
+        for _ in 0..count {
+            lives.push(one_life(host, client.clone(), path, labels).await?);
+        }
     }
     println!(
-        "\n{:<8} {:>9} {:>11} {:>12} {:>9} {:>11} {:>12} {:>11}",
+        "\n{:<8} {:<5} {:>9} {:>11} {:>12} {:>9} {:>11} {:>12} {:>11}",
         "runner",
+        "path",
         "clone ms",
         "boot→IP ms",
         "boot→SSH ms",
@@ -140,8 +204,9 @@ async fn demo(client: ShoesClient, count: usize) -> anyhow::Result<()> {
     for (index, life) in lives.iter().enumerate() {
         let t = &life.timings;
         println!(
-            "{:<8} {:>9} {:>11} {:>12} {:>9} {:>11} {:>12} {:>11}",
+            "{:<8} {:<5} {:>9} {:>11} {:>12} {:>9} {:>11} {:>12} {:>11}",
             index + 1,
+            life.path,
             t.clone_ms,
             t.boot_to_ip_ms,
             t.boot_to_ssh_ms,
@@ -151,45 +216,54 @@ async fn demo(client: ShoesClient, count: usize) -> anyhow::Result<()> {
             ms(Some(life.delete))
         );
     }
-    let add: Vec<Duration> = lives.iter().map(|l| l.add).collect();
-    println!(
-        "AddInstance P50 {} ms, P95 {} ms",
-        ms(percentile(&add, 50.0)),
-        ms(percentile(&add, 95.0))
-    );
+    for (path, _) in paths {
+        let add: Vec<Duration> = lives
+            .iter()
+            .filter(|l| l.path == *path)
+            .map(|l| l.add)
+            .collect();
+        println!(
+            "{path}: AddInstance through the plugin P50 {} ms, P95 {} ms",
+            ms(percentile(&add, 50.0)),
+            ms(percentile(&add, 95.0))
+        );
+    }
     Ok(())
 }
 
-async fn one_life(mut client: ShoesClient) -> anyhow::Result<Life> {
+async fn one_life(
+    host: &PluginHost,
+    mut client: ShoesClient,
+    path: &'static str,
+    labels: &[String],
+) -> anyhow::Result<Life> {
     let runner_name = format!("myshoes-{}", uuid::Uuid::new_v4());
     let started = Instant::now();
-    let added = client
-        .add_instance(pb::AddInstanceRequest {
+    let added = host
+        .add_instance(myshoes::AddInstanceRequest {
             runner_name: runner_name.clone(),
-            setup_script: "echo \"setup ran for $USER in $HOME\" > setup-marker\n".into(),
-            resource_type: pb::ResourceType::Small as i32,
-            labels: vec!["self-hosted".into(), "test".into()],
+            setup_script: "echo \"setup ran for $USER\" > \"$HOME/setup-marker\"\n".into(),
+            resource_type: myshoes::ResourceType::Nano as i32,
+            labels: labels.to_vec(),
         })
         .await
-        .with_context(|| format!("AddInstance for {runner_name} failed"))?
-        .into_inner();
+        .map_err(|status| anyhow::anyhow!("AddInstance for {runner_name} failed: {status}"))?;
     let add = started.elapsed();
     println!(
-        "  {runner_name}: ssh-ready as {} ({}) after {:.0} ms",
+        "  {runner_name} ({path}): ssh-ready as {} ({}) after {:.0} ms",
         added.cloud_id,
         added.ip_address,
         add.as_secs_f64() * 1000.0
     );
     let runner = wait_running(&mut client, &added.cloud_id).await?;
     let started = Instant::now();
-    client
-        .delete_instance(pb::DeleteInstanceRequest {
-            cloud_id: added.cloud_id.clone(),
-            labels: Vec::new(),
-        })
+    host.delete_instance(&added.cloud_id)
         .await
-        .with_context(|| format!("DeleteInstance for {} failed", added.cloud_id))?;
+        .map_err(|status| {
+            anyhow::anyhow!("DeleteInstance for {} failed: {status}", added.cloud_id)
+        })?;
     Ok(Life {
+        path,
         add,
         delete: started.elapsed(),
         timings: runner.timings.unwrap_or_default(),
@@ -198,7 +272,7 @@ async fn one_life(mut client: ShoesClient) -> anyhow::Result<Life> {
 
 /// The setup script runs after AddInstance answers; wait until the runner reports running.
 async fn wait_running(client: &mut ShoesClient, cloud_id: &str) -> anyhow::Result<pb::RunnerInfo> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let runner = client
             .get_runner(pb::GetRunnerRequest {
@@ -211,10 +285,12 @@ async fn wait_running(client: &mut ShoesClient, cloud_id: &str) -> anyhow::Resul
         match runner.state.as_str() {
             "running" => return Ok(runner),
             "error" | "deleted" => anyhow::bail!("runner {cloud_id} failed: {}", runner.error),
-            _ if Instant::now() > deadline => anyhow::bail!(
-                "runner {cloud_id} not running after 60 s (state {})",
-                runner.state
-            ),
+            _ if Instant::now() > deadline => {
+                anyhow::bail!(
+                    "runner {cloud_id} not running after 120 s (state {})",
+                    runner.state
+                )
+            }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }

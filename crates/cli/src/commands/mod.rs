@@ -4,6 +4,7 @@ pub mod bench;
 pub mod dev;
 pub mod runners;
 pub mod template;
+pub mod template_vz;
 
 use std::time::Duration;
 

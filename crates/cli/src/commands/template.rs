@@ -1,14 +1,10 @@
-//! `shoes-vz template …`: build the QEMU test guest template; make warm templates.
+//! `shoes-vz template …`: build the QEMU test guest template; make warm templates; import or
+//! install macOS templates for the vz backend (`template_vz`).
 
 use anyhow::Context;
 use shoes_vz_agent::config::AgentConfig;
-use shoes_vz_agent::hypervisor::qemu::warm::{make_warm_template, WarmOptions};
-use shoes_vz_agent::hypervisor::qemu::QemuBackend;
 use shoes_vz_agent::{ssh, template};
-use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
-use shoes_vz_guest_image::{
-    build_test_guest, find_runner_agent, BuildInputs, BuildOptions, DevKeys,
-};
+use shoes_vz_guest_image::{build_test_guest, find_runner_agent, BuildOptions, DevKeys};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +18,11 @@ pub enum TemplateCommand {
     /// it as the warm template `<NAME>-warm`: its runners restore instead of booting (and
     /// boot cold if a restore fails). Runners must ask for the same vCPUs and memory.
     Warm(WarmArgs),
+    /// Import a tart macOS VM (config.json, disk.img, nvram.bin) as a vz template in
+    /// `<templates-dir>/<NAME>-<VERSION>/`, cloned copy-on-write (never a full copy).
+    ImportTart(super::template_vz::ImportTartArgs),
+    /// Install macOS from an IPSW into a new vz template (macOS on Apple silicon only).
+    Create(super::template_vz::CreateArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -35,23 +36,12 @@ pub struct WarmArgs {
     vcpus: u32,
     #[arg(long, default_value_t = 1024)]
     memory_mib: u64,
-    /// Attach a throwaway config disk while warming: `auto` does when the template has the
-    /// runner-agent (which needs one before it starts SSH).
-    #[arg(long, value_enum, default_value_t = ConfigDisk::Auto)]
-    config_disk: ConfigDisk,
     /// Seconds to wait for the guest's SSH server.
     #[arg(long, default_value_t = 300)]
     boot_timeout: u64,
     /// Make a new warm template even if a matching one exists.
     #[arg(long)]
     force: bool,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum ConfigDisk {
-    Auto,
-    Always,
-    Never,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +83,8 @@ pub async fn run(command: TemplateCommand) -> anyhow::Result<()> {
     match command {
         TemplateCommand::BuildTestGuest(args) => build(args).await,
         TemplateCommand::Warm(args) => warm(args).await,
+        TemplateCommand::ImportTart(args) => super::template_vz::import_tart(args).await,
+        TemplateCommand::Create(args) => super::template_vz::create(args).await,
     }
 }
 
@@ -166,28 +158,15 @@ async fn warm(args: WarmArgs) -> anyhow::Result<()> {
             templates_dir.display()
         )
     })?;
-    let backend = QemuBackend::new(AgentConfig::default().qemu)?;
-    let work = tempfile::tempdir()?;
-    let with_config_disk = match args.config_disk {
-        ConfigDisk::Always => true,
-        ConfigDisk::Never => false,
-        ConfigDisk::Auto => has_runner_agent(&base.dir),
-    };
-    let config_disk = if with_config_disk {
-        let path = work.path().join("config.img");
-        write_throwaway_config_disk(&path, &base.metadata.ssh_user)?;
-        Some(path)
-    } else {
-        None
-    };
-    let options = WarmOptions {
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
-        config_disk,
-        boot_timeout: Duration::from_secs(args.boot_timeout),
-        force: args.force,
-    };
-    let warm = make_warm_template(&backend, base, &options).await?;
+    let warm = crate::qemu_templates::ensure_warm(
+        base,
+        args.vcpus,
+        args.memory_mib,
+        AgentConfig::default().qemu,
+        Duration::from_secs(args.boot_timeout),
+        args.force,
+    )
+    .await?;
     if warm.built {
         println!(
             "{} built: boot to SSH {:.2} s, state saved in {:.2} s ({} MB): {}",
@@ -200,38 +179,5 @@ async fn warm(args: WarmArgs) -> anyhow::Result<()> {
     } else {
         println!("{} up to date: {}", warm.name, warm.dir.display());
     }
-    Ok(())
-}
-
-/// The test guest records whether it holds the runner-agent; other templates are assumed to.
-fn has_runner_agent(dir: &std::path::Path) -> bool {
-    std::fs::read(dir.join(shoes_vz_guest_image::builder::BUILD_INPUTS_FILE))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<BuildInputs>(&bytes).ok())
-        .is_none_or(|inputs| inputs.runner_agent_sha256.is_some())
-}
-
-/// Keys and a token nobody keeps: the warm guest only has to start its SSH server. Every
-/// restored runner gets its own through the runner-agent's refresh.
-fn write_throwaway_config_disk(path: &std::path::Path, ssh_user: &str) -> anyhow::Result<()> {
-    let client = ssh::generate_ed25519()?;
-    let host = ssh::generate_ed25519()?;
-    let config = GuestConfig {
-        version: shoes_vz_guest_config::FORMAT_VERSION,
-        runner_id: format!("warm-{}", uuid::Uuid::new_v4().simple()),
-        api_token: ApiToken::generate()?,
-        notify_url: "http://10.0.2.2:9/v1/notify".into(),
-        ssh_user: ssh_user.to_string(),
-        ssh_authorized_key: ssh::authorized_key_line(client.public_key()),
-        ssh_host_key: OpenSshPrivateKey::new(
-            host.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
-                .to_string(),
-        )?,
-        ssh_host_public_key: ssh::authorized_key_line(host.public_key()),
-        http_listen: shoes_vz_guest_config::default_http_listen(),
-        runner_dir: format!("/home/{ssh_user}/actions-runner").into(),
-        host_time_ms: None,
-    };
-    shoes_vz_guest_config::write_image(path, &config)?;
     Ok(())
 }

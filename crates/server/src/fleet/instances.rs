@@ -115,6 +115,7 @@ impl Fleet {
                 RunnerEntry {
                     record: record.clone(),
                     state_tx,
+                    fallback_counted: false,
                 },
             );
             (record, state_rx)

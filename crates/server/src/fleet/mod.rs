@@ -63,6 +63,8 @@ struct Session {
 struct RunnerEntry {
     record: RunnerRecord,
     state_tx: watch::Sender<RunnerState>,
+    /// The runner's warm-start fallback was counted (agents repeat it in every report).
+    fallback_counted: bool,
 }
 
 impl AgentEntry {
@@ -104,9 +106,14 @@ impl Fleet {
                 .names
                 .insert(record.runner_name.clone(), record.runner_id.clone());
             let (state_tx, _) = watch::channel(record.state);
-            state
-                .runners
-                .insert(record.runner_id.clone(), RunnerEntry { record, state_tx });
+            state.runners.insert(
+                record.runner_id.clone(),
+                RunnerEntry {
+                    record,
+                    state_tx,
+                    fallback_counted: false,
+                },
+            );
         }
         tracing::info!(
             agents = state.agents.len(),
@@ -276,6 +283,10 @@ impl Fleet {
         }
         if let Some(timings) = &status.timings {
             self.merge_timings(&mut record.timings, timings);
+        }
+        if status.warm_start_fallback && !entry.fallback_counted {
+            entry.fallback_counted = true;
+            self.metrics.count_warm_fallback();
         }
         if new_state.is_ready() && record.timings.startup_ms.is_none() {
             let startup = u64::try_from(now_ms() - record.created_at_ms).unwrap_or(0);

@@ -60,6 +60,8 @@ struct Vm {
     machine: Machine,
     /// Known without waiting for the console: a restored guest prints nothing at start.
     known_ip: Option<String>,
+    /// A restore was tried and failed; this VM booted cold.
+    fell_back: bool,
 }
 
 impl QemuBackend {
@@ -251,6 +253,7 @@ impl Hypervisor for QemuBackend {
         }
         let armed = Arc::new(AtomicBool::new(false));
         let mut restored = None;
+        let mut fell_back = false;
         let restorable = spec.restore.as_ref().filter(|restore| {
             let saved = &restore.saved;
             let fits = (saved.vcpus, saved.memory_mib, saved.config_disk)
@@ -265,6 +268,7 @@ impl Hypervisor for QemuBackend {
                 Ok(machine) => restored = Some((machine, restore.saved.guest_ip.clone())),
                 Err(error) => {
                     self.restore_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    fell_back = true;
                     tracing::warn!(runner = %spec.runner_id, error = %crate::error_chain(&error), "cannot restore the saved state; booting cold");
                     // Keep what QEMU said about the failed restore beside the cold boot's log.
                     let log = spec.bundle_dir.join(QEMU_LOG);
@@ -276,10 +280,12 @@ impl Hypervisor for QemuBackend {
             Some((machine, ip)) => Vm {
                 machine,
                 known_ip: Some(ip),
+                fell_back,
             },
             None => Vm {
                 machine: self.launch(spec, None, &armed).await?,
                 known_ip: None,
+                fell_back,
             },
         };
         armed.store(true, Ordering::SeqCst);
@@ -320,6 +326,9 @@ impl Hypervisor for QemuBackend {
         Ok(GuestEndpoint {
             ip_address,
             ssh_addr: SocketAddr::from(([127, 0, 0, 1], vm.machine.ports.ssh)),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], vm.machine.ports.agent))),
+            restored: vm.known_ip.is_some(),
+            restore_fell_back: vm.fell_back,
         })
     }
 
@@ -334,6 +343,11 @@ impl Hypervisor for QemuBackend {
             }
         }
         Ok(())
+    }
+
+    /// User-mode networking: the guest reaches the host's loopback at 10.0.2.2.
+    fn host_address_for_guests(&self) -> Option<std::net::IpAddr> {
+        Some(std::net::IpAddr::from([10, 0, 2, 2]))
     }
 
     async fn clean_leftover(&self, bundle_dir: &Path) -> Result<(), HypervisorError> {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 pub const STATE_FILE: &str = "state.bin";
+pub const GUEST_TOKEN_FILE: &str = "guest-token";
 /// Appended to the base template's name.
 pub const WARM_SUFFIX: &str = "-warm";
 const QMP_START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,6 +32,9 @@ pub struct WarmOptions {
     /// Attached read-only after the disks while booting (the runner-agent needs one to
     /// start SSH); runners of the warm template then need a config disk too.
     pub config_disk: Option<PathBuf>,
+    /// The runner-agent token on that config disk, kept (0600) in the warm template so the
+    /// agent can authorize each restored clone's identity refresh.
+    pub guest_token: Option<shoes_vz_guest_config::ApiToken>,
     pub boot_timeout: Duration,
     /// Make a new warm template even if a matching one exists.
     pub force: bool,
@@ -179,6 +183,17 @@ pub async fn make_warm_template(
     let state_bytes = std::fs::metadata(out.join(STATE_FILE))
         .map_err(io("read", &out.join(STATE_FILE)))?
         .len();
+    let guest_token_file = match &options.guest_token {
+        Some(token) => {
+            let path = out.join(GUEST_TOKEN_FILE);
+            crate::fsutil::write_atomic(&path, token.expose().as_bytes())
+                .map_err(io("write", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io("set permissions on", &path))?;
+            Some(GUEST_TOKEN_FILE.to_string())
+        }
+        None => None,
+    };
     let mut labels = base_meta.labels.clone();
     labels.push("warm".into());
     let metadata = TemplateMetadata {
@@ -190,6 +205,7 @@ pub async fn make_warm_template(
             memory_mib: options.memory_mib,
             config_disk: options.config_disk.is_some(),
             guest_ip,
+            guest_token_file,
         }),
         ..base_meta.clone()
     };

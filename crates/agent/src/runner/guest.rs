@@ -1,0 +1,177 @@
+//! The runner's private channel to its guest: the config disk (identity and secrets for this
+//! VM alone), the notify that tells the agent the guest is up, the identity refresh of a
+//! restored warm VM, and the guest's runner state.
+
+use super::RunnerManager;
+use crate::guest_api::{GuestApi, GuestApiError};
+use crate::notify::GuestNotice;
+use crate::ssh;
+use crate::template::{GuestAgent, Template};
+use russh::keys::PrivateKey;
+use shoes_vz_guest_config::{
+    unix_ms_now, ApiToken, GuestConfig, OpenSshPrivateKey, FORMAT_VERSION,
+};
+use shoes_vz_model::RunnerId;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const CONFIG_DISK_FILE: &str = "config.img";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("cannot make the runner's API token")]
+    Token(#[source] shoes_vz_guest_config::SecretError),
+    #[error("cannot encode the guest's SSH host key")]
+    HostKey(#[source] russh::keys::ssh_key::Error),
+    #[error("cannot write the config disk")]
+    Disk(#[source] shoes_vz_guest_config::ImageError),
+    #[error("the guest did not notify within {0:?}; check that its runner-agent starts and reaches the notify URL")]
+    NoNotify(Duration),
+    #[error("the backend gives no address for the guest's runner-agent API")]
+    NoGuestApi,
+    #[error("cannot read the warm template's guest token {path}")]
+    WarmToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the restored guest refused or missed its identity refresh")]
+    Refresh(#[source] GuestApiError),
+}
+
+/// A runner's guest-side identity, written to its config disk.
+pub struct GuestSetup {
+    pub config: GuestConfig,
+    pub disk: PathBuf,
+    pub notices: watch::Receiver<Option<GuestNotice>>,
+}
+
+impl RunnerManager {
+    /// Makes the runner's identity (fresh token; its SSH keys), writes the config disk into
+    /// the bundle, and registers the runner for exactly one signed notify.
+    pub(super) fn prepare_guest(
+        &self,
+        runner_id: &RunnerId,
+        template: &Template,
+        agent: &GuestAgent,
+        client_key: &PrivateKey,
+        host_key: &PrivateKey,
+        bundle_dir: &Path,
+    ) -> Result<GuestSetup, GuestError> {
+        let token = ApiToken::generate().map_err(GuestError::Token)?;
+        let host_pem = host_key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .map_err(GuestError::HostKey)?;
+        let config = GuestConfig {
+            version: FORMAT_VERSION,
+            runner_id: runner_id.to_string(),
+            api_token: token.clone(),
+            notify_url: self.guest_channel.notify_url.clone(),
+            ssh_user: template.metadata.ssh_user.clone(),
+            ssh_authorized_key: ssh::authorized_key_line(client_key.public_key()),
+            ssh_host_key: OpenSshPrivateKey::new(host_pem.to_string())
+                .map_err(GuestError::Token)?,
+            ssh_host_public_key: ssh::authorized_key_line(host_key.public_key()),
+            http_listen: shoes_vz_guest_config::default_http_listen(),
+            runner_dir: PathBuf::from(&agent.runner_dir),
+            host_time_ms: Some(unix_ms_now()),
+        };
+        let disk = bundle_dir.join(CONFIG_DISK_FILE);
+        shoes_vz_guest_config::write_image(&disk, &config).map_err(GuestError::Disk)?;
+        let notices = self.guest_channel.hub.register(runner_id, token);
+        Ok(GuestSetup {
+            config,
+            disk,
+            notices,
+        })
+    }
+
+    pub(super) fn forget_guest(&self, runner_id: &RunnerId) {
+        self.guest_channel.hub.unregister(runner_id);
+    }
+
+    /// A restored guest still has the warm template's identity: hand it this runner's, with
+    /// the warm token (kept in the template) as the authority. It then notifies as this runner.
+    pub(super) async fn refresh_restored(
+        &self,
+        template: &Template,
+        http_addr: Option<SocketAddr>,
+        config: &GuestConfig,
+        within: Duration,
+    ) -> Result<(), GuestError> {
+        let http_addr = http_addr.ok_or(GuestError::NoGuestApi)?;
+        let token_file = template
+            .metadata
+            .saved_state
+            .as_ref()
+            .and_then(|s| s.guest_token_file.as_ref())
+            .map(|file| template.dir.join(file));
+        let Some(path) = token_file else {
+            return Err(GuestError::WarmToken {
+                path: template.dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the warm template has no guestTokenFile",
+                ),
+            });
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| GuestError::WarmToken {
+            path: path.clone(),
+            source,
+        })?;
+        let warm_token = ApiToken::new(text.trim().to_string()).map_err(GuestError::Token)?;
+        let api = GuestApi::new(http_addr, warm_token).map_err(GuestError::Refresh)?;
+        // The restored runner-agent answers at once, but its forwarded port may need a moment.
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match api.refresh(config.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if tokio::time::Instant::now() >= deadline => {
+                    return Err(GuestError::Refresh(error))
+                }
+                Err(error) => {
+                    tracing::debug!(error = %crate::error_chain(&error), "refresh not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Reports the GitHub runner's state (from the guest's runner-agent) whenever it changes.
+    pub(super) async fn watch_guest_state(self: &Arc<Self>, runner_id: &RunnerId, api: GuestApi) {
+        let mut tick = tokio::time::interval(self.config.guest_status_interval);
+        let mut last: Option<String> = None;
+        loop {
+            tick.tick().await;
+            match api.status().await {
+                Ok(status) => {
+                    let state = status.runner.state.as_str().to_string();
+                    if last.as_deref() != Some(state.as_str()) {
+                        tracing::info!(runner = %runner_id, guest_runner_state = %state, "guest runner state");
+                        let reported = state.clone();
+                        self.update(runner_id, |view| view.guest_runner_state = Some(reported));
+                        last = Some(state);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(runner = %runner_id, error = %crate::error_chain(&error), "guest status unavailable")
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the runner's verified notify.
+pub(super) async fn wait_notice(
+    notices: &mut watch::Receiver<Option<GuestNotice>>,
+    timeout: Duration,
+) -> Result<GuestNotice, GuestError> {
+    let waited = tokio::time::timeout(timeout, notices.wait_for(Option::is_some)).await;
+    match waited {
+        Ok(Ok(notice)) => notice.clone().ok_or(GuestError::NoNotify(timeout)),
+        _ => Err(GuestError::NoNotify(timeout)),
+    }
+}

@@ -1,0 +1,89 @@
+//! The QEMU test guest as the local cluster, the benchmarks and the end-to-end tests use it:
+//! built on first use (cached by its inputs), with this workspace's runner-agent, plus its
+//! warm template.
+
+use shoes_vz_agent::config::QemuConfig;
+use shoes_vz_agent::hypervisor::qemu::warm::{make_warm_template, WarmOptions, WarmTemplate};
+use shoes_vz_agent::hypervisor::qemu::QemuBackend;
+use shoes_vz_agent::{ssh, template};
+use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
+use shoes_vz_guest_image::{build_test_guest, find_runner_agent, BuildOptions, TemplateDir};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The runner-agent binary for the guest (`SHOESVZ_RUNNER_AGENT` overrides).
+pub fn runner_agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(found) = find_runner_agent() {
+        return Ok(found);
+    }
+    crate::workspace_bin::find_or_build(
+        "shoes-vz-runner-agent",
+        "shoes-vz-runner-agent",
+        "SHOESVZ_RUNNER_AGENT",
+    )
+}
+
+/// Builds the test guest into `templates_dir` unless an up-to-date one is there.
+pub async fn ensure_test_guest(templates_dir: &Path) -> anyhow::Result<TemplateDir> {
+    let mut options = BuildOptions::new(templates_dir);
+    options.runner_agent = Some(runner_agent_binary()?);
+    let built = tokio::task::spawn_blocking(move || build_test_guest(&options)).await??;
+    Ok(built)
+}
+
+/// Makes (or finds) the warm template of `base` for runners of `vcpus` and `memory_mib`.
+pub async fn ensure_warm(
+    base: &template::Template,
+    vcpus: u32,
+    memory_mib: u64,
+    qemu: QemuConfig,
+    boot_timeout: Duration,
+    force: bool,
+) -> anyhow::Result<WarmTemplate> {
+    let backend = QemuBackend::new(qemu)?;
+    let work = tempfile::tempdir()?;
+    let (config_disk, guest_token) = if base.metadata.guest_agent.is_some() {
+        let path = work.path().join("config.img");
+        let token = write_throwaway_config_disk(&path, &base.metadata.ssh_user)?;
+        (Some(path), Some(token))
+    } else {
+        (None, None)
+    };
+    let options = WarmOptions {
+        vcpus,
+        memory_mib,
+        config_disk,
+        guest_token,
+        boot_timeout,
+        force,
+    };
+    Ok(make_warm_template(&backend, base, &options).await?)
+}
+
+/// Keys nobody keeps: the warm guest only has to start its SSH server. Every restored runner
+/// gets its own through the runner-agent's refresh, which the returned token authorizes (the
+/// warm template keeps it, mode 0600).
+fn write_throwaway_config_disk(path: &Path, ssh_user: &str) -> anyhow::Result<ApiToken> {
+    let token = ApiToken::generate()?;
+    let client = ssh::generate_ed25519()?;
+    let host = ssh::generate_ed25519()?;
+    let config = GuestConfig {
+        version: shoes_vz_guest_config::FORMAT_VERSION,
+        runner_id: format!("warm-{}", uuid::Uuid::new_v4().simple()),
+        api_token: token.clone(),
+        // Nothing listens here: the warm guest's notify is never accepted, only its refresh.
+        notify_url: "http://10.0.2.2:9/v1/notify".into(),
+        ssh_user: ssh_user.to_string(),
+        ssh_authorized_key: ssh::authorized_key_line(client.public_key()),
+        ssh_host_key: OpenSshPrivateKey::new(
+            host.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
+                .to_string(),
+        )?,
+        ssh_host_public_key: ssh::authorized_key_line(host.public_key()),
+        http_listen: shoes_vz_guest_config::default_http_listen(),
+        runner_dir: format!("/home/{ssh_user}/actions-runner").into(),
+        host_time_ms: None,
+    };
+    shoes_vz_guest_config::write_image(path, &config)?;
+    Ok(token)
+}
