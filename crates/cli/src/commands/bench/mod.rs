@@ -3,6 +3,7 @@
 
 pub mod clone;
 pub mod control_plane;
+pub mod startup;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BenchCommand {
@@ -10,11 +11,14 @@ pub enum BenchCommand {
     ControlPlane(control_plane::ControlPlaneArgs),
     /// Copy-on-write clone of 1 GiB and 64 GiB sparse templates, against `cp --reflink=always`.
     Clone(clone::CloneArgs),
+    /// Runner startup on QEMU, cold and warm, against a bare qemu + ssh loop of the same guest.
+    Startup(startup::StartupArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::ControlPlane(args) => control_plane::run(args).await,
         BenchCommand::Clone(args) => clone::run(args).await,
+        BenchCommand::Startup(args) => startup::run(args).await,
     }
 }

@@ -1,0 +1,258 @@
+//! `shoes-vz bench startup`: runner startup on the QEMU backend, cold and warm, against the
+//! same guest booted by a bare `qemu` command line with an `ssh` loop, all in one run.
+
+use crate::cluster::{ClusterOptions, LocalCluster, QEMU_GUEST_MEMORY_MIB, QEMU_GUEST_VCPUS};
+use crate::stats::{ms, percentile};
+use anyhow::Context;
+use shoes_vz_agent::config::{BackendKind, QemuConfig};
+use shoes_vz_agent::hypervisor::qemu::accel;
+use shoes_vz_agent::{ssh, template};
+use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
+use shoes_vz_guest_image::bench::{bare_boot_to_ssh, BareBoot};
+use shoes_vz_protocol::client::ShoesClient;
+use shoes_vz_protocol::shoes::v1 as pb;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct StartupArgs {
+    /// Runs of each kind (cold, warm, bare), interleaved.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Cluster data (templates are built here on first use) [default: a temp dir].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Default)]
+struct Samples {
+    clone: Vec<Duration>,
+    boot_to_ip: Vec<Duration>,
+    boot_to_ssh: Vec<Duration>,
+    total: Vec<Duration>,
+}
+
+impl Samples {
+    fn push(&mut self, t: &pb::PhaseTimings) {
+        self.clone.push(Duration::from_millis(t.clone_ms));
+        self.boot_to_ip.push(Duration::from_millis(t.boot_to_ip_ms));
+        self.boot_to_ssh
+            .push(Duration::from_millis(t.boot_to_ssh_ms));
+        self.total.push(Duration::from_millis(t.startup_ms));
+    }
+}
+
+pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir()?;
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    let mut options = ClusterOptions::new(&data_dir, "bench-token-0123456789");
+    options.backend = BackendKind::Qemu;
+    options.warm = true;
+    options.max_runners_per_agent = 1;
+    options.metrics_listen = None;
+    let cluster = LocalCluster::start(options).await?;
+    cluster
+        .wait_agents_online(1, Duration::from_secs(30))
+        .await?;
+    let mut client = cluster.client().await?;
+    let base = cold_template(&data_dir.join("templates"))?;
+    let bare_dir = tempfile::tempdir()?;
+    let bare = bare_boot(&base, bare_dir.path())?;
+
+    let (mut cold, mut warm, mut bare_ssh) = (Samples::default(), Samples::default(), Vec::new());
+    let started = Instant::now();
+    for run in 0..args.runs.max(1) {
+        cold.push(
+            &one_runner(&mut client, &["linux"])
+                .await
+                .with_context(|| format!("cold run {run}"))?,
+        );
+        warm.push(
+            &one_runner(&mut client, &["warm"])
+                .await
+                .with_context(|| format!("warm run {run}"))?,
+        );
+        let disk = bare_dir.path().join("disk.img");
+        shoes_vz_agent::bundle::clone_file(
+            &base.dir.join("Disk.img"),
+            &disk,
+            cluster_clone_mode(bare_dir.path()),
+        )?;
+        let mut boot = bare.clone();
+        boot.disks = vec![disk.clone()];
+        bare_ssh.push(bare_boot_to_ssh(&boot).await?.ssh_ready);
+        std::fs::remove_file(&disk)?;
+    }
+    let wall = started.elapsed();
+    let fallbacks = cluster
+        .server
+        .fleet
+        .metrics()
+        .render(&cluster.server.fleet.gauges());
+    cluster.shutdown().await;
+    print(args.runs, wall, &cold, &warm, &bare_ssh, &fallbacks);
+    Ok(())
+}
+
+fn cluster_clone_mode(dir: &Path) -> shoes_vz_agent::config::CloneMode {
+    if shoes_vz_agent::bundle::reflink_supported(dir) {
+        shoes_vz_agent::config::CloneMode::Reflink
+    } else {
+        shoes_vz_agent::config::CloneMode::Copy
+    }
+}
+
+fn cold_template(templates: &Path) -> anyhow::Result<template::Template> {
+    let all = template::load_all(templates, "qemu")?;
+    all.into_values()
+        .find(|t| t.metadata.saved_state.is_none())
+        .context("no cold qemu template was built")
+}
+
+/// The same guest outside shoes-vz: its kernel and initramfs, a config disk with a key the
+/// `ssh` loop logs in with (the guest's runner-agent installs it, as for a runner).
+fn bare_boot(base: &template::Template, dir: &Path) -> anyhow::Result<BareBoot> {
+    let client = ssh::generate_ed25519()?;
+    let host = ssh::generate_ed25519()?;
+    let key_file = dir.join("id_ed25519");
+    ssh::write_private_key_openssh(&client, &key_file)?;
+    let config = GuestConfig {
+        version: shoes_vz_guest_config::FORMAT_VERSION,
+        runner_id: "bare".into(),
+        api_token: ApiToken::generate()?,
+        notify_url: "http://10.0.2.2:9/v1/notify".into(),
+        ssh_user: base.metadata.ssh_user.clone(),
+        ssh_authorized_key: ssh::authorized_key_line(client.public_key()),
+        ssh_host_key: OpenSshPrivateKey::new(
+            host.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
+                .to_string(),
+        )?,
+        ssh_host_public_key: ssh::authorized_key_line(host.public_key()),
+        http_listen: shoes_vz_guest_config::default_http_listen(),
+        runner_dir: format!("/home/{}/actions-runner", base.metadata.ssh_user).into(),
+        host_time_ms: None,
+    };
+    let config_disk = dir.join("config.img");
+    shoes_vz_guest_config::write_image(&config_disk, &config)?;
+    let boot = base
+        .metadata
+        .linux_boot
+        .as_ref()
+        .context("the test guest has no linuxBoot")?;
+    let qemu = QemuConfig::default();
+    Ok(BareBoot {
+        qemu_binary: qemu.binary.clone(),
+        accel: accel::resolve(qemu.accel),
+        kernel: base.dir.join(&boot.kernel),
+        initrd: base.dir.join(
+            boot.initrd
+                .as_deref()
+                .context("the test guest has no initrd")?,
+        ),
+        disks: Vec::new(),
+        readonly_disks: vec![config_disk],
+        vcpus: QEMU_GUEST_VCPUS,
+        memory_mib: QEMU_GUEST_MEMORY_MIB,
+        ssh_key: key_file,
+        ssh_user: base.metadata.ssh_user.clone(),
+        timeout: Duration::from_secs(120),
+    })
+}
+
+async fn one_runner(client: &mut ShoesClient, label: &[&str]) -> anyhow::Result<pb::PhaseTimings> {
+    let mut labels = vec!["self-hosted".to_string()];
+    labels.extend(label.iter().map(|l| l.to_string()));
+    let added = client
+        .add_instance(pb::AddInstanceRequest {
+            runner_name: format!("myshoes-{}", uuid::Uuid::new_v4()),
+            setup_script: "true\n".into(),
+            resource_type: pb::ResourceType::Nano as i32,
+            labels,
+        })
+        .await?
+        .into_inner();
+    let timings = client
+        .get_runner(pb::GetRunnerRequest {
+            cloud_id: added.cloud_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .runner
+        .and_then(|r| r.timings)
+        .context("no timings")?;
+    client
+        .delete_instance(pb::DeleteInstanceRequest {
+            cloud_id: added.cloud_id,
+            labels: Vec::new(),
+        })
+        .await?;
+    Ok(timings)
+}
+
+fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "-".into(),
+    }
+}
+
+fn print(
+    runs: usize,
+    wall: Duration,
+    cold: &Samples,
+    warm: &Samples,
+    bare: &[Duration],
+    metrics: &str,
+) {
+    let accel = accel::resolve(QemuConfig::default().accel).as_str();
+    println!(
+        "startup: {runs} runs each of cold, warm and bare QEMU (accel {accel}), {:.0} s wall",
+        wall.as_secs_f64()
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
+        "phase", "cold p50", "cold p95", "warm p50", "warm p95"
+    );
+    for (name, c, w) in [
+        ("clone", &cold.clone, &warm.clone),
+        ("boot-to-IP", &cold.boot_to_ip, &warm.boot_to_ip),
+        ("boot-to-SSH", &cold.boot_to_ssh, &warm.boot_to_ssh),
+        ("total (to ssh-ready)", &cold.total, &warm.total),
+    ] {
+        println!(
+            "{:<22} {:>10} {:>10} {:>10} {:>10}",
+            name,
+            ms(percentile(c, 50.0)),
+            ms(percentile(c, 95.0)),
+            ms(percentile(w, 50.0)),
+            ms(percentile(w, 95.0))
+        );
+    }
+    println!(
+        "{:<22} {:>10} {:>10}",
+        "bare qemu + ssh loop",
+        ms(percentile(bare, 50.0)),
+        ms(percentile(bare, 95.0))
+    );
+    println!(
+        "shoes-vz cold boot-to-SSH / bare (p50): {}   (target <= 1.10)",
+        ratio(percentile(&cold.boot_to_ssh, 50.0), percentile(bare, 50.0))
+    );
+    println!(
+        "shoes-vz cold total / bare (p50):       {}",
+        ratio(percentile(&cold.total, 50.0), percentile(bare, 50.0))
+    );
+    println!(
+        "warm total / cold total (p50):          {}   (target <= 0.25)",
+        ratio(percentile(&warm.total, 50.0), percentile(&cold.total, 50.0))
+    );
+    if let Some(line) = metrics
+        .lines()
+        .find(|l| l.starts_with("shoesvz_warm_start_fallbacks_total"))
+    {
+        println!("{line}");
+    }
+}
