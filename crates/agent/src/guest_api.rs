@@ -29,18 +29,21 @@ pub struct GuestApi {
     token: ApiToken,
 }
 
+/// One HTTP client for every guest: building one loads TLS roots, which is costly per runner.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+}
+
 impl GuestApi {
-    pub fn new(addr: SocketAddr, token: ApiToken) -> Result<GuestApi, GuestApiError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .no_proxy()
-            .build()
-            .map_err(|source| GuestApiError::Transport { addr, source })?;
-        Ok(GuestApi {
+    pub fn new(client: reqwest::Client, addr: SocketAddr, token: ApiToken) -> GuestApi {
+        GuestApi {
             client,
             addr,
             token,
-        })
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -133,7 +133,13 @@ impl RunningAgent {
             notify::serve(config.notify.listen, Arc::clone(&hub), shutdown.clone()).await?;
         let notify_url = notify_url(&config, backend.as_ref(), notify_addr)?;
         tracing::info!(listen = %notify_addr, guest_url = %notify_url, "guest notify endpoint listening");
-        let guest_channel = runner::GuestChannel { hub, notify_url };
+        let http =
+            guest_api::http_client().context("cannot build the HTTP client for guest APIs")?;
+        let guest_channel = runner::GuestChannel {
+            hub,
+            notify_url,
+            http,
+        };
         let manager = RunnerManager::new(
             Arc::clone(&config),
             backend,

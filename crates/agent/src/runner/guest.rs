@@ -123,7 +123,7 @@ impl RunnerManager {
             source,
         })?;
         let warm_token = ApiToken::new(text.trim().to_string()).map_err(GuestError::Token)?;
-        let api = GuestApi::new(http_addr, warm_token).map_err(GuestError::Refresh)?;
+        let api = GuestApi::new(self.guest_channel.http.clone(), http_addr, warm_token);
         // The restored runner-agent answers at once, but its forwarded port may need a moment.
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -138,6 +138,10 @@ impl RunnerManager {
                 }
             }
         }
+    }
+
+    pub(super) fn guest_api(&self, addr: SocketAddr, token: ApiToken) -> GuestApi {
+        GuestApi::new(self.guest_channel.http.clone(), addr, token)
     }
 
     /// Reports the GitHub runner's state (from the guest's runner-agent) whenever it changes.

@@ -192,10 +192,7 @@ impl RunnerManager {
                 ip_address.clone_from(address);
             }
             let http_addr = endpoint.http_addr.ok_or(GuestError::NoGuestApi)?;
-            guest_api = Some(
-                GuestApi::new(http_addr, guest.config.api_token.clone())
-                    .map_err(|e| LifecycleError::Internal(crate::error_chain(&e)))?,
-            );
+            guest_api = Some(self.guest_api(http_addr, guest.config.api_token.clone()));
         }
         let boot_to_ip_ms = millis(boot_started.elapsed());
         runtime.ip_address = Some(ip_address.clone());

@@ -27,6 +27,8 @@ pub struct GuestChannel {
     pub hub: Arc<crate::notify::NotifyHub>,
     /// The URL put on every config disk.
     pub notify_url: String,
+    /// Shared by every runner's guest API calls.
+    pub http: reqwest::Client,
 }
 
 pub struct RunnerManager {
