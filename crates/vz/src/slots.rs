@@ -4,8 +4,9 @@
 //! two of them must never run at once. [`SlotPool`] hands slots out and takes them back.
 //!
 //! On disk a slot is a directory (see [`slot_dir`]) with the slot's `Disk.img`,
-//! `AuxiliaryStorage`, `State.save` and [`WARM_SLOT_FILE`]. Runners clone the first three
-//! copy-on-write, restore, then refresh their per-runner identity through the runner-agent.
+//! `AuxiliaryStorage`, `State.save` and [`WARM_SLOT_FILE`] (the agent adds the guest token; its
+//! `hypervisor::vz::warm` has the full layout). Runners clone the disk and NVRAM
+//! copy-on-write, restore `State.save`, then refresh their identity through the runner-agent.
 
 use crate::errors::MAX_MACOS_VMS_PER_HOST;
 use crate::hardware::VzMachineIdentifier;

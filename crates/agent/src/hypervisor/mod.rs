@@ -172,4 +172,11 @@ pub trait Hypervisor: Send + Sync {
     fn host_address_for_guests(&self) -> Option<std::net::IpAddr> {
         None
     }
+
+    /// For a VM restored from a saved state the backend chose itself (vz warm slots, one
+    /// token per slot): the file holding the restored runner-agent's token, which authorizes
+    /// its `/refresh`. `None`: use the template's `savedState.guestTokenFile`.
+    fn restored_guest_token_file(&self, _runner_id: &RunnerId) -> Option<PathBuf> {
+        None
+    }
 }

@@ -23,6 +23,10 @@ pub enum TemplateCommand {
     ImportTart(super::template_vz::ImportTartArgs),
     /// Install macOS from an IPSW into a new vz template (macOS on Apple silicon only).
     Create(super::template_vz::CreateArgs),
+    /// Make a vz template's Saved State warm slots (macOS 14+) in `<templates-dir>/<NAME>-warm/`:
+    /// boot it per slot until SSH answers, pause, save. Runners of the same vCPUs and memory
+    /// then restore instead of booting (agent `vz.warm_slots = true`; restart the agent).
+    WarmVz(super::template_vz::WarmVzArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -85,6 +89,7 @@ pub async fn run(command: TemplateCommand) -> anyhow::Result<()> {
         TemplateCommand::Warm(args) => warm(args).await,
         TemplateCommand::ImportTart(args) => super::template_vz::import_tart(args).await,
         TemplateCommand::Create(args) => super::template_vz::create(args).await,
+        TemplateCommand::WarmVz(args) => super::template_vz::warm_vz(args).await,
     }
 }
 

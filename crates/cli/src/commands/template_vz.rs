@@ -1,9 +1,13 @@
 //! `shoes-vz template import-tart` and `shoes-vz template create --ipsw`: macOS templates for
 //! the vz backend, written to `<templates-dir>/<NAME>-<VERSION>/` (never over an existing one).
 //! Importing is plain file work and runs anywhere; installing needs Virtualization.framework.
+//! `shoes-vz template warm-vz`: a template's Saved State warm slots (macOS 14+; typed
+//! Unsupported elsewhere).
 
 use anyhow::Context;
 use shoes_vz_agent::config::AgentConfig;
+use shoes_vz_agent::hypervisor::vz::warm::WarmRequest;
+use shoes_vz_vz::slots::SlotId;
 use shoes_vz_vz::tart::{self, TartImportOptions};
 use shoes_vz_vz::template::{default_runner_dir, GuestAgent, TemplateLimits};
 use std::path::PathBuf;
@@ -95,6 +99,68 @@ pub struct CreateArgs {
     /// Minutes the install may take.
     #[arg(long, default_value_t = 120)]
     timeout_min: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WarmVzArgs {
+    /// The vz template to warm (its metadata name).
+    name: String,
+    /// Templates directory [default: the agent's default templates_dir].
+    #[arg(long, env = "SHOESVZ_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
+    /// vCPUs of the warm VM; runners restore only when they ask for the same.
+    #[arg(long, default_value_t = 4)]
+    vcpus: u32,
+    /// Memory (MiB) of the warm VM; runners restore only when they ask for the same.
+    #[arg(long, default_value_t = 8192)]
+    memory_mib: u64,
+    /// Warm only this slot (0 or 1) [default: both].
+    #[arg(long)]
+    slot: Option<u8>,
+    /// Seconds to wait for the guest's SSH server and runner-agent.
+    #[arg(long, default_value_t = 600)]
+    boot_timeout: u64,
+}
+
+impl WarmVzArgs {
+    fn request(&self) -> anyhow::Result<WarmRequest> {
+        let slots = match self.slot {
+            Some(index) => vec![SlotId::new(index)?],
+            None => SlotId::all().collect(),
+        };
+        let defaults = AgentConfig::default();
+        Ok(WarmRequest {
+            templates_dir: self.templates_dir.clone().unwrap_or(defaults.templates_dir),
+            template: self.name.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            slots,
+            boot_timeout: std::time::Duration::from_secs(self.boot_timeout),
+            config: defaults.vz,
+        })
+    }
+}
+
+/// Warms the template's slots one after another (one VM at a time).
+pub async fn warm_vz(args: WarmVzArgs) -> anyhow::Result<()> {
+    let request = args.request()?;
+    let warmed = shoes_vz_agent::hypervisor::vz::warm_template(&request).await?;
+    for slot in &warmed {
+        println!(
+            "{} warmed: boot to SSH {:.1} s, state saved in {:.1} s, MAC {}: {}",
+            slot.slot,
+            slot.boot_to_ssh.as_secs_f64(),
+            slot.save.as_secs_f64(),
+            slot.mac,
+            slot.dir.display()
+        );
+    }
+    println!(
+        "runners of {} with {} vCPUs and {} MiB restore once the agent runs with \
+         vz.warm_slots = true (restart it to load the slots)",
+        request.template, request.vcpus, request.memory_mib
+    );
+    Ok(())
 }
 
 /// Clones the tart VM's disk and NVRAM copy-on-write (never a full copy) into a new template.
@@ -219,4 +285,46 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
 pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let _ = args;
     Err(shoes_vz_vz::errors::unsupported_off_macos("install macOS from an IPSW").into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(slot: Option<u8>) -> WarmVzArgs {
+        WarmVzArgs {
+            name: "macos-26".into(),
+            templates_dir: Some("/t".into()),
+            vcpus: 4,
+            memory_mib: 8192,
+            slot,
+            boot_timeout: 60,
+        }
+    }
+
+    #[test]
+    fn warm_vz_warms_both_slots_or_the_one_asked_for() {
+        let both = args(None).request().expect("request");
+        assert_eq!(both.slots, SlotId::all().collect::<Vec<_>>());
+        assert_eq!(both.templates_dir, PathBuf::from("/t"));
+        let one = args(Some(1)).request().expect("request");
+        assert_eq!(one.slots, vec![SlotId::new(1).expect("slot")]);
+        assert!(args(Some(2)).request().is_err(), "only slots 0 and 1 exist");
+    }
+
+    #[cfg(not(target_os = "macos"))]
+    #[tokio::test]
+    async fn warm_vz_is_a_typed_unsupported_off_macos() {
+        let error = warm_vz(args(None)).await.expect_err("no framework here");
+        let error = error
+            .downcast_ref::<shoes_vz_agent::hypervisor::HypervisorError>()
+            .expect("a hypervisor error");
+        assert!(
+            matches!(
+                error,
+                shoes_vz_agent::hypervisor::HypervisorError::Unsupported { .. }
+            ),
+            "{error}"
+        );
+    }
 }

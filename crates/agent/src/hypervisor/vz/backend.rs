@@ -2,20 +2,27 @@
 //! type-checked (feature `vz-typecheck`, `.ci/vz-typecheck.sh`), where `new` fails with the
 //! same typed Unsupported as the stub because the host probe does.
 
+use super::warm::{
+    self, clone_slot_into_bundle, plan_restore, restore_request, runner_template, saved_state_gate,
+    RestoreSkip, SlotLease, UsableSlot, WarmSlots,
+};
 use super::{
-    check_config, check_templates, host_error, host_reserve, plan_for, prepare_bundle,
+    check_config, check_templates, disk_sync, host_error, host_reserve, plan_for, prepare_bundle,
     runner_error, wait_for_lease, watch_exit, BACKEND, GUEST_SSH_PORT, HOST_ADDRESS_FOR_GUESTS,
 };
-use crate::config::VzConfig;
+use crate::config::{CloneMode, VzConfig};
 use crate::hypervisor::{GuestEndpoint, Hypervisor, HypervisorError, VmEvent, VmSpec};
 use shoes_vz_model::RunnerId;
 use shoes_vz_vz::ffi::{self, StopOutcome, VzVm};
+use shoes_vz_vz::hardware::HardwareModel;
 use shoes_vz_vz::limits::Limits;
 use shoes_vz_vz::mac_address::MacAddress;
-use shoes_vz_vz::{version, VzError};
+use shoes_vz_vz::plan::VmPlan;
+use shoes_vz_vz::version;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -26,11 +33,18 @@ pub struct VzBackend {
     limits: Limits,
     vms: Mutex<HashMap<RunnerId, Arc<Vm>>>,
     events: broadcast::Sender<VmEvent>,
+    /// Saved State warm slots (`vz.warm_slots = true`, macOS 14+).
+    warm: Option<Arc<Mutex<WarmSlots>>>,
+    restore_fallbacks: AtomicU64,
 }
 
 struct Vm {
     vm: VzVm,
     mac: MacAddress,
+    /// Restored from a warm slot: the slot's runner-agent token authorizes its `/refresh`.
+    restored_token: Option<PathBuf>,
+    /// A restore was tried and failed; this VM booted cold.
+    fell_back: bool,
     /// Reports an unexpected stop; aborted when the agent stops the VM.
     watcher: JoinHandle<()>,
 }
@@ -58,7 +72,8 @@ impl VzBackend {
         if version::below_design_target(host.macos) {
             tracing::warn!(macos = %host.macos, target = %version::DESIGN_TARGET, "this host's macOS is older than the release shoes-vz is tuned for");
         }
-        for template in check_templates(templates_dir)? {
+        let templates = check_templates(templates_dir)?;
+        for template in &templates {
             let supported =
                 ffi::hardware_model_supported(&template.hardware_model).map_err(host_error)?;
             if !supported {
@@ -81,13 +96,118 @@ impl VzBackend {
             guest_max_memory_mib = bounds.max_memory_mib,
             "vz backend ready"
         );
+        let warm = if config.warm_slots {
+            saved_state_gate(host.macos)?;
+            let slots = WarmSlots::load(
+                templates_dir,
+                templates
+                    .iter()
+                    .map(|t| (t.metadata.name.as_str(), t.metadata.version.as_str())),
+            )
+            .map_err(|error| HypervisorError::Unavailable {
+                backend: BACKEND,
+                reason: crate::error_chain(&error),
+            })?;
+            tracing::info!(
+                slots = slots.count(),
+                "warm slots loaded; runners of warmed templates restore their Saved State"
+            );
+            Some(Arc::new(Mutex::new(slots)))
+        } else {
+            None
+        };
         let (events, _) = broadcast::channel(256);
         Ok(VzBackend {
             config,
             limits,
             vms: Mutex::new(HashMap::new()),
             events,
+            warm,
+            restore_fallbacks: AtomicU64::new(0),
         })
+    }
+
+    /// How many restores failed and fell back to a cold boot.
+    pub fn restore_fallbacks(&self) -> u64 {
+        self.restore_fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// A free warm slot of the runner's template, when warm slots are on.
+    fn lease_slot(&self, spec: &VmSpec) -> Option<SlotLease> {
+        let slots = self.warm.as_ref()?;
+        let (template, version) = runner_template(&spec.bundle_dir)?;
+        SlotLease::allocate(slots, &template, &version, spec.runner_id.as_str())
+    }
+
+    /// Restores `slot` into a new VM for `spec`: the slot's disk clones and identity.
+    async fn restore(
+        &self,
+        spec: &VmSpec,
+        slot: &UsableSlot,
+        hardware_model: HardwareModel,
+    ) -> Result<(VzVm, VmPlan), RestoreAttempt> {
+        let runner_id = &spec.runner_id;
+        let request = restore_request(spec, slot, hardware_model, disk_sync(self.config.disk_sync));
+        let plan = plan_restore(request, slot, &self.limits).map_err(RestoreAttempt::Skipped)?;
+        let files = slot.files.clone();
+        let bundle_dir = spec.bundle_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            clone_slot_into_bundle(&files, &bundle_dir, CloneMode::Reflink)
+        })
+        .await
+        .map_err(|error| {
+            RestoreAttempt::Failed(HypervisorError::Failed {
+                runner_id: runner_id.clone(),
+                source: Box::new(error),
+            })
+        })?
+        .map_err(RestoreAttempt::Failed)?;
+        let failed = |e| RestoreAttempt::Failed(runner_error(runner_id, e));
+        // On an error below, dropping `vm` stops and releases it.
+        let vm = VzVm::create(&plan, runner_id.as_str())
+            .await
+            .map_err(failed)?;
+        vm.restore_state(&slot.files.state, self.config.start_timeout)
+            .await
+            .map_err(failed)?;
+        Ok((vm, plan))
+    }
+
+    /// Boots `spec`'s VM from its golden disk clones with the runner's own identity.
+    async fn boot_cold(
+        &self,
+        spec: &VmSpec,
+        hardware_model: HardwareModel,
+    ) -> Result<(VzVm, VmPlan), HypervisorError> {
+        let runner_id = &spec.runner_id;
+        let ecid = spec.machine_identifier.ecid;
+        if let Some(slots) = &self.warm {
+            warm::lock(slots)
+                .check_cold_mac(MacAddress::derive(ecid))
+                .map_err(|error| HypervisorError::Failed {
+                    runner_id: runner_id.clone(),
+                    source: Box::new(error),
+                })?;
+        }
+        let bundle_dir = spec.bundle_dir.clone();
+        // A framework-made identifier, fresh for this runner, kept beside the agent's ecid.
+        let identity =
+            tokio::task::spawn_blocking(move || ffi::assign_machine_identifier(&bundle_dir, ecid))
+                .await
+                .map_err(|error| HypervisorError::Failed {
+                    runner_id: runner_id.clone(),
+                    source: Box::new(error),
+                })?
+                .map_err(|e| runner_error(runner_id, e))?;
+        let plan = plan_for(spec, &identity, hardware_model, &self.limits, &self.config)?;
+        // On any error below, dropping `vm` stops and releases it.
+        let vm = VzVm::create(&plan, runner_id.as_str())
+            .await
+            .map_err(|e| runner_error(runner_id, e))?;
+        vm.start(self.config.start_timeout)
+            .await
+            .map_err(|e| runner_error(runner_id, e))?;
+        Ok((vm, plan))
     }
 
     fn vms(&self) -> MutexGuard<'_, HashMap<RunnerId, Arc<Vm>>> {
@@ -123,35 +243,56 @@ impl Hypervisor for VzBackend {
             });
         }
         let bundle_dir = spec.bundle_dir.clone();
-        let ecid = spec.machine_identifier.ecid;
-        let prepared = tokio::task::spawn_blocking(move || {
-            let hardware_model = prepare_bundle(&bundle_dir)?;
-            // A framework-made identifier, fresh for this runner, kept beside the agent's ecid.
-            let identity = ffi::assign_machine_identifier(&bundle_dir, ecid)?;
-            Ok::<_, VzError>((hardware_model, identity))
-        })
-        .await
-        .map_err(|error| HypervisorError::Failed {
-            runner_id: runner_id.clone(),
-            source: Box::new(error),
-        })?;
-        let (hardware_model, identity) = prepared.map_err(|e| runner_error(runner_id, e))?;
-        let plan = plan_for(spec, &identity, hardware_model, &self.limits, &self.config)?;
-        // On any error below, dropping `vm` stops and releases it.
-        let vm = VzVm::create(&plan, runner_id.as_str())
+        let hardware_model = tokio::task::spawn_blocking(move || prepare_bundle(&bundle_dir))
             .await
+            .map_err(|error| HypervisorError::Failed {
+                runner_id: runner_id.clone(),
+                source: Box::new(error),
+            })?
             .map_err(|e| runner_error(runner_id, e))?;
+
+        let mut fell_back = false;
+        let mut restored = None;
+        if let Some(lease) = self.lease_slot(spec) {
+            let slot = lease.slot.warm.slot;
+            match self
+                .restore(spec, &lease.slot, hardware_model.clone())
+                .await
+            {
+                Ok((vm, plan)) => {
+                    let token = lease.slot.files.guest_token.clone();
+                    lease.keep();
+                    tracing::info!(runner = %runner_id, %slot, "restored from a warm slot");
+                    restored = Some((vm, plan, token));
+                }
+                Err(RestoreAttempt::Skipped(reason)) => {
+                    tracing::info!(runner = %runner_id, %slot, reason = %crate::error_chain(&reason), "not restoring the warm slot; booting cold");
+                }
+                Err(RestoreAttempt::Failed(error)) => {
+                    self.restore_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    fell_back = true;
+                    tracing::warn!(runner = %runner_id, %slot, error = %crate::error_chain(&error), "cannot restore the warm slot; booting cold");
+                }
+            }
+            // `lease` is dropped here unless kept: a skipped or failed restore frees the slot.
+        }
+        let (vm, plan, restored_token) = match restored {
+            Some((vm, plan, token)) => (vm, plan, Some(token)),
+            None => {
+                let (vm, plan) = self.boot_cold(spec, hardware_model).await?;
+                (vm, plan, None)
+            }
+        };
         let status = vm.subscribe();
-        vm.start(self.config.start_timeout)
-            .await
-            .map_err(|e| runner_error(runner_id, e))?;
         let watcher = tokio::spawn(watch_exit(runner_id.clone(), status, self.events.clone()));
-        tracing::info!(runner = %runner_id, cpus = plan.cpu_count, memory_mib = plan.memory_bytes >> 20, mac = %plan.mac(), "VM started");
+        tracing::info!(runner = %runner_id, cpus = plan.cpu_count, memory_mib = plan.memory_bytes >> 20, mac = %plan.mac(), restored = restored_token.is_some(), fell_back, "VM started");
         self.vms().insert(
             runner_id.clone(),
             Arc::new(Vm {
                 vm,
                 mac: plan.mac(),
+                restored_token,
+                fell_back,
                 watcher,
             }),
         );
@@ -181,14 +322,15 @@ impl Hypervisor for VzBackend {
                 ip,
                 shoes_vz_guest_config::default_http_listen().port(),
             )),
-            restored: false,
-            restore_fell_back: false,
+            restored: vm.restored_token.is_some(),
+            restore_fell_back: vm.fell_back,
         })
     }
 
     async fn stop(&self, runner_id: &RunnerId, timeout: Duration) -> Result<(), HypervisorError> {
         let vm = self.vms().remove(runner_id);
         let Some(vm) = vm else {
+            self.release_slot(runner_id);
             return Ok(());
         };
         // A stop the agent asked for is not an exit to report.
@@ -200,12 +342,14 @@ impl Hypervisor for VzBackend {
             Ok(outcome) => tracing::info!(runner = %runner_id, ?outcome, "VM stopped"),
             Err(error) => {
                 tracing::warn!(runner = %runner_id, error = %crate::error_chain(&error), "cannot stop the VM gracefully; stopping it forcefully");
+                // Still running with the slot's MAC, maybe: the slot stays held.
                 vm.vm
                     .force_stop(ffi::vm::QUICK_TIMEOUT)
                     .await
                     .map_err(|e| runner_error(runner_id, e))?;
             }
         }
+        self.release_slot(runner_id);
         Ok(())
     }
 
@@ -222,5 +366,28 @@ impl Hypervisor for VzBackend {
 
     fn host_address_for_guests(&self) -> Option<IpAddr> {
         Some(IpAddr::V4(HOST_ADDRESS_FOR_GUESTS))
+    }
+
+    fn restored_guest_token_file(&self, runner_id: &RunnerId) -> Option<PathBuf> {
+        self.vms().get(runner_id)?.restored_token.clone()
+    }
+}
+
+/// Why a runner that held a warm slot did not restore.
+enum RestoreAttempt {
+    /// Not restorable (another VM shape): a cold boot, not counted.
+    Skipped(RestoreSkip),
+    /// The restore failed: a cold boot, logged and counted as a fallback.
+    Failed(HypervisorError),
+}
+
+impl VzBackend {
+    /// Frees the warm slot `runner_id` held, once its VM has stopped.
+    fn release_slot(&self, runner_id: &RunnerId) {
+        if let Some(slots) = &self.warm {
+            if let Some(slot) = warm::lock(slots).release(runner_id.as_str()) {
+                tracing::info!(runner = %runner_id, %slot, "warm slot free again");
+            }
+        }
     }
 }

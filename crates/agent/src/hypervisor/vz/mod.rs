@@ -8,25 +8,36 @@
 //! (by MAC); SSH goes to port 22 of that address. VMs live inside the agent process (the
 //! framework's XPC service ends with its client), so nothing can outlive the agent.
 //!
-//! Saved State warm slots (`shoes_vz_vz::slots`) are not wired in yet: `vz.warm_slots = true`
-//! is refused at start ([`check_config`]) and every runner boots cold.
+//! Saved State warm slots (`vz.warm_slots = true`, macOS 14+, see [`warm`]): a runner of a
+//! warmed template takes a free slot, restores the slot's state with the slot's disk clone and
+//! identity, and is refreshed to its own identity by the agent (`GuestEndpoint.restored`); a
+//! failed restore boots cold (counted in `restore_fell_back`). `shoes-vz template warm-vz`
+//! makes the slots ([`warm_template`]).
 //!
 //! # Layout
 //! - `mod.rs`: the plain-Rust parts, compiled and unit-tested everywhere: configuration checks,
 //!   capacity cap, error mapping, the plan of a runner's VM, bundle preparation, the lease wait,
 //!   the exit watcher, template checks.
+//! - [`warm`]: warm slots in plain Rust: their directory, allocation, restore plans, publishing.
 //! - `backend`: [`VzBackend`] on `shoes_vz_vz::ffi` (macOS, or type-checked with the
-//!   `vz-typecheck` feature). `stub`: an uninhabited [`VzBackend`] everywhere else.
+//!   `vz-typecheck` feature); `warming`: [`warm_template`] (boot, pause, save per slot).
+//!   `stub`: an uninhabited [`VzBackend`] and a typed Unsupported [`warm_template`] elsewhere.
+
+pub mod warm;
 
 #[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
 mod backend;
 #[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
+mod warming;
+#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
 pub use backend::VzBackend;
+#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
+pub use warming::warm_template;
 
 #[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
 mod stub;
 #[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
-pub use stub::VzBackend;
+pub use stub::{warm_template, VzBackend};
 
 use super::{HypervisorError, VmEvent, VmSpec};
 use crate::config::{Capacity, VzConfig, VzDiskSync};
@@ -65,13 +76,6 @@ pub fn unsupported_here() -> HypervisorError {
 
 /// Refuses settings the backend cannot honour, before anything starts.
 pub fn check_config(config: &VzConfig) -> Result<(), HypervisorError> {
-    if config.warm_slots {
-        return Err(HypervisorError::Unsupported {
-            backend: BACKEND,
-            what: "warm slots yet (vz.warm_slots = true); set vz.warm_slots = false: runners \
-                   then boot cold",
-        });
-    }
     if config.start_timeout.is_zero() {
         return Err(HypervisorError::Unavailable {
             backend: BACKEND,

@@ -2,6 +2,7 @@
 //! configured with `backend = "vz"` stops at start with [`super::unsupported_here`].
 
 use super::unsupported_here;
+use super::warm::{WarmRequest, WarmedSlot};
 use crate::config::VzConfig;
 use crate::hypervisor::{GuestEndpoint, Hypervisor, HypervisorError, VmEvent, VmSpec};
 use shoes_vz_model::RunnerId;
@@ -16,6 +17,11 @@ impl VzBackend {
     pub fn new(_config: VzConfig, _templates_dir: &Path) -> Result<VzBackend, HypervisorError> {
         Err(unsupported_here())
     }
+}
+
+/// Warm slots need Virtualization.framework: off macOS a typed Unsupported.
+pub async fn warm_template(_request: &WarmRequest) -> Result<Vec<WarmedSlot>, HypervisorError> {
+    Err(unsupported_here())
 }
 
 #[async_trait::async_trait]
