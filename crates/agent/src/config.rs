@@ -125,8 +125,8 @@ pub struct VzConfig {
     pub reserve_cpus: u32,
     /// Memory (MiB) never given to guests.
     pub reserve_memory_mib: u64,
-    /// Saved State warm slots (macOS 14+). Not wired into the agent yet: `true` is refused at
-    /// start with a clear error; runners boot cold.
+    /// Saved State warm slots (macOS 14+; refused below): runners restore a slot made by
+    /// `shoes-vz template warm-vz`, and boot cold when none is free or a restore fails.
     pub warm_slots: bool,
     /// bootpd's lease file, where a guest's address is found by its MAC.
     pub dhcp_leases: PathBuf,

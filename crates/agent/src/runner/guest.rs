@@ -97,18 +97,26 @@ impl RunnerManager {
     /// the warm token (kept in the template) as the authority. It then notifies as this runner.
     pub(super) async fn refresh_restored(
         &self,
+        runner_id: &RunnerId,
         template: &Template,
         http_addr: Option<SocketAddr>,
         config: &GuestConfig,
         within: Duration,
     ) -> Result<(), GuestError> {
         let http_addr = http_addr.ok_or(GuestError::NoGuestApi)?;
-        let token_file = template
-            .metadata
-            .saved_state
-            .as_ref()
-            .and_then(|s| s.guest_token_file.as_ref())
-            .map(|file| template.dir.join(file));
+        // The backend knows which saved guest it restored (a vz warm slot has its own token);
+        // otherwise the warm template holds it.
+        let token_file = self
+            .hypervisor
+            .restored_guest_token_file(runner_id)
+            .or_else(|| {
+                template
+                    .metadata
+                    .saved_state
+                    .as_ref()
+                    .and_then(|s| s.guest_token_file.as_ref())
+                    .map(|file| template.dir.join(file))
+            });
         let Some(path) = token_file else {
             return Err(GuestError::WarmToken {
                 path: template.dir.clone(),

@@ -64,6 +64,8 @@ impl RunnerManager {
             _ = cancel.cancelled() => Err(LifecycleError::Cancelled),
             _ = vm_exit.cancelled() => Err(LifecycleError::VmExited(self.exit_detail(&runner_id))),
         };
+        // A guest that never came up cannot shut down politely: end it at once.
+        let graceful = outcome.is_ok();
         match outcome {
             Ok(guest_api) => {
                 let watch_guest = async {
@@ -81,7 +83,7 @@ impl RunnerManager {
             Err(LifecycleError::Cancelled) => {}
             Err(error) => self.fail(&runner_id, &error),
         }
-        self.tear_down(&runner_id, bundle_dir).await;
+        self.tear_down(&runner_id, bundle_dir, graceful).await;
     }
 
     fn fail(&self, runner_id: &RunnerId, error: &LifecycleError) {
@@ -183,8 +185,14 @@ impl RunnerManager {
         if let Some(mut guest) = guest {
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
             if endpoint.restored {
-                self.refresh_restored(&work.template, endpoint.http_addr, &guest.config, remaining)
-                    .await?;
+                self.refresh_restored(
+                    id,
+                    &work.template,
+                    endpoint.http_addr,
+                    &guest.config,
+                    remaining,
+                )
+                .await?;
             }
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
             let notice = wait_notice(&mut guest.notices, remaining).await?;
@@ -251,12 +259,24 @@ impl RunnerManager {
         Ok(guest_api)
     }
 
-    async fn tear_down(&self, runner_id: &RunnerId, bundle_dir: std::path::PathBuf) {
+    async fn tear_down(
+        &self,
+        runner_id: &RunnerId,
+        bundle_dir: std::path::PathBuf,
+        graceful: bool,
+    ) {
         self.update(runner_id, |view| view.state = RunnerState::TearingDown);
         self.forget_guest(runner_id);
         if let Err(error) = self
             .hypervisor
-            .stop(runner_id, self.config.timeouts.stop)
+            .stop(
+                runner_id,
+                if graceful {
+                    self.config.timeouts.stop
+                } else {
+                    Duration::ZERO
+                },
+            )
             .await
         {
             tracing::error!(runner = %runner_id, error = %error, "cannot stop the VM");
