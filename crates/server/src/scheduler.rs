@@ -54,10 +54,13 @@ pub fn place(
     let mut matching = 0usize;
     let mut best: Option<(&AgentView, &TemplateRecord)> = None;
     for agent in agents {
+        // The closest match wins: a request for `linux` gets the plain template, not its warm
+        // sibling that carries `linux` plus `warm`.
         let Some(template) = agent
             .templates
             .iter()
-            .find(|t| serves(config, t, &wanted) && fits_ever(agent, t, spec))
+            .filter(|t| serves(config, t, &wanted) && fits_ever(agent, t, spec))
+            .min_by_key(|t| (extra_labels(t, &wanted), t.name.clone()))
         else {
             continue;
         };
@@ -112,6 +115,15 @@ fn serves(config: &SchedulerConfig, template: &TemplateRecord, wanted: &[String]
                 .iter()
                 .any(|l| l.eq_ignore_ascii_case(label))
     })
+}
+
+/// Labels a template has that the request did not ask for.
+fn extra_labels(template: &TemplateRecord, wanted: &[String]) -> usize {
+    template
+        .labels
+        .iter()
+        .filter(|label| !wanted.iter().any(|w| w.eq_ignore_ascii_case(label)))
+        .count()
 }
 
 fn fits_ever(agent: &AgentView, template: &TemplateRecord, spec: ResourceSpec) -> bool {
@@ -268,6 +280,26 @@ mod tests {
         config.default_template = Some("macos-26".into());
         let default = place(&config, &[a], &labels(&["self-hosted"]), SMALL).expect("placed");
         assert_eq!(default.template, "macos-26");
+    }
+
+    #[test]
+    fn the_template_with_the_fewest_unrequested_labels_wins() {
+        let warm_first = vec![
+            template("guest-warm", &["linux", "warm"]),
+            template("guest", &["linux"]),
+        ];
+        let a = agent(0, 2, warm_first);
+        let config = SchedulerConfig::default();
+        let plain = place(
+            &config,
+            std::slice::from_ref(&a),
+            &labels(&["linux"]),
+            SMALL,
+        )
+        .expect("placed");
+        assert_eq!(plain.template, "guest");
+        let warm = place(&config, &[a], &labels(&["linux", "warm"]), SMALL).expect("placed");
+        assert_eq!(warm.template, "guest-warm");
     }
 
     #[test]
