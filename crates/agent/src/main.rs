@@ -2,7 +2,6 @@
 //! runs until SIGINT or SIGTERM, tearing its runners down on the way out.
 //! `shoes-vz-agent install|uninstall` manage its macOS LaunchDaemon.
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shoes_vz_agent::config::{AgentConfig, BackendKind};
 use shoes_vz_agent::RunningAgent;
@@ -59,15 +58,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str::<AgentConfig>(&text)
-                .with_context(|| format!("invalid config file {}", path.display()))?
-        }
-        None => AgentConfig::default(),
-    };
+    let mut config: AgentConfig = shoes_vz_telemetry::load_config(args.config.as_deref())?;
     if let Some(url) = args.server_url {
         config.server_url = url;
     }
@@ -96,17 +87,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let stop_wait = config.timeouts.stop + Duration::from_secs(10);
     let agent = RunningAgent::start(config).await?;
-    wait_for_signal().await?;
+    shoes_vz_telemetry::wait_for_stop_signal().await?;
     tracing::info!("stopping: tearing down runners");
     agent.shutdown(stop_wait).await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }

@@ -5,8 +5,8 @@
 use shoes_vz_agent::config::QemuConfig;
 use shoes_vz_agent::hypervisor::qemu::warm::{make_warm_template, WarmOptions, WarmTemplate};
 use shoes_vz_agent::hypervisor::qemu::QemuBackend;
-use shoes_vz_agent::{ssh, template};
-use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
+use shoes_vz_agent::template;
+use shoes_vz_guest_config::ApiToken;
 use shoes_vz_guest_image::{build_test_guest, find_runner_agent, BuildOptions, TemplateDir};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,30 +60,14 @@ pub async fn ensure_warm(
     Ok(make_warm_template(&backend, base, &options).await?)
 }
 
-/// Keys nobody keeps: the warm guest only has to start its SSH server. Every restored runner
-/// gets its own through the runner-agent's refresh, which the returned token authorizes (the
-/// warm template keeps it, mode 0600).
+/// A throwaway config disk for warming; returns the token that authorizes each restored
+/// clone's `/refresh` (the warm template keeps it, mode 0600).
 fn write_throwaway_config_disk(path: &Path, ssh_user: &str) -> anyhow::Result<ApiToken> {
-    let token = ApiToken::generate()?;
-    let client = ssh::generate_ed25519()?;
-    let host = ssh::generate_ed25519()?;
-    let config = GuestConfig {
-        version: shoes_vz_guest_config::FORMAT_VERSION,
-        runner_id: format!("warm-{}", uuid::Uuid::new_v4().simple()),
-        api_token: token.clone(),
-        // Nothing listens here: the warm guest's notify is never accepted, only its refresh.
-        notify_url: "http://10.0.2.2:9/v1/notify".into(),
-        ssh_user: ssh_user.to_string(),
-        ssh_authorized_key: ssh::authorized_key_line(client.public_key()),
-        ssh_host_key: OpenSshPrivateKey::new(
-            host.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
-                .to_string(),
-        )?,
-        ssh_host_public_key: ssh::authorized_key_line(host.public_key()),
-        http_listen: shoes_vz_guest_config::default_http_listen(),
-        runner_dir: format!("/home/{ssh_user}/actions-runner").into(),
-        host_time_ms: None,
-    };
+    let (config, token) = shoes_vz_agent::runner::guest::throwaway_guest_config(
+        "10.0.2.2",
+        ssh_user,
+        &format!("/home/{ssh_user}/actions-runner"),
+    )?;
     shoes_vz_guest_config::write_image(path, &config)?;
     Ok(token)
 }

@@ -1,7 +1,6 @@
 //! `shoes-vz-server`: loads the config (file, then `SHOESVZ_*` environment, then flags) and
 //! serves until SIGINT or SIGTERM.
 
-use anyhow::Context;
 use clap::Parser;
 use shoes_vz_server::config::{ServerConfig, TlsConfig};
 use shoes_vz_server::RunningServer;
@@ -41,15 +40,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
-    let mut config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str::<ServerConfig>(&text)
-                .with_context(|| format!("invalid config file {}", path.display()))?
-        }
-        None => ServerConfig::default(),
-    };
+    let mut config: ServerConfig = shoes_vz_telemetry::load_config(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -70,17 +61,8 @@ async fn main() -> anyhow::Result<()> {
         config.tls = Some(TlsConfig { cert, key });
     }
     let mut server = RunningServer::start(config).await?;
-    wait_for_signal().await?;
+    shoes_vz_telemetry::wait_for_stop_signal().await?;
     tracing::info!("stopping");
     server.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }

@@ -24,6 +24,8 @@ pub const CONFIG_DISK_FILE: &str = "config.img";
 pub enum GuestError {
     #[error("cannot make the runner's API token")]
     Token(#[source] shoes_vz_guest_config::SecretError),
+    #[error("cannot make the guest's SSH keys")]
+    Keys(#[source] crate::ssh::SshError),
     #[error("cannot encode the guest's SSH host key")]
     HostKey(#[source] russh::keys::ssh_key::Error),
     #[error("cannot write the config disk")]
@@ -62,22 +64,18 @@ impl RunnerManager {
         bundle_dir: &Path,
     ) -> Result<GuestSetup, GuestError> {
         let token = ApiToken::generate().map_err(GuestError::Token)?;
-        let host_pem = host_key
-            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-            .map_err(GuestError::HostKey)?;
+        let config = guest_config(
+            runner_id.as_str(),
+            token.clone(),
+            &self.guest_channel.notify_url,
+            &template.metadata.ssh_user,
+            &agent.runner_dir,
+            client_key.public_key(),
+            host_key,
+        )?;
         let config = GuestConfig {
-            version: FORMAT_VERSION,
-            runner_id: runner_id.to_string(),
-            api_token: token.clone(),
-            notify_url: self.guest_channel.notify_url.clone(),
-            ssh_user: template.metadata.ssh_user.clone(),
-            ssh_authorized_key: ssh::authorized_key_line(client_key.public_key()),
-            ssh_host_key: OpenSshPrivateKey::new(host_pem.to_string())
-                .map_err(GuestError::Token)?,
-            ssh_host_public_key: ssh::authorized_key_line(host_key.public_key()),
-            http_listen: shoes_vz_guest_config::default_http_listen(),
-            runner_dir: PathBuf::from(&agent.runner_dir),
             host_time_ms: Some(unix_ms_now()),
+            ..config
         };
         let disk = bundle_dir.join(CONFIG_DISK_FILE);
         shoes_vz_guest_config::write_image(&disk, &config).map_err(GuestError::Disk)?;
@@ -174,6 +172,57 @@ impl RunnerManager {
             }
         }
     }
+}
+
+/// A guest's config: its identity, the key to authorize, its host key, where to notify.
+pub fn guest_config(
+    runner_id: &str,
+    token: ApiToken,
+    notify_url: &str,
+    ssh_user: &str,
+    runner_dir: &str,
+    authorized_key: &russh::keys::PublicKey,
+    host_key: &PrivateKey,
+) -> Result<GuestConfig, GuestError> {
+    let host_pem = host_key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(GuestError::HostKey)?;
+    Ok(GuestConfig {
+        version: FORMAT_VERSION,
+        runner_id: runner_id.to_string(),
+        api_token: token,
+        notify_url: notify_url.to_string(),
+        ssh_user: ssh_user.to_string(),
+        ssh_authorized_key: ssh::authorized_key_line(authorized_key),
+        ssh_host_key: OpenSshPrivateKey::new(host_pem.to_string()).map_err(GuestError::Token)?,
+        ssh_host_public_key: ssh::authorized_key_line(host_key.public_key()),
+        http_listen: shoes_vz_guest_config::default_http_listen(),
+        runner_dir: PathBuf::from(runner_dir),
+        host_time_ms: None,
+    })
+}
+
+/// A config for a guest whose keys nobody keeps (warming a template): only its token matters,
+/// to authorize the `/refresh` that gives each restored clone its own identity. Its notify URL
+/// (`http://HOST:9/…`) reaches nothing, on purpose.
+pub fn throwaway_guest_config(
+    notify_host: &str,
+    ssh_user: &str,
+    runner_dir: &str,
+) -> Result<(GuestConfig, ApiToken), GuestError> {
+    let token = ApiToken::generate().map_err(GuestError::Token)?;
+    let client = ssh::generate_ed25519().map_err(GuestError::Keys)?;
+    let host = ssh::generate_ed25519().map_err(GuestError::Keys)?;
+    let config = guest_config(
+        &format!("warm-{}", uuid::Uuid::new_v4().simple()),
+        token.clone(),
+        &format!("http://{notify_host}:9/v1/notify"),
+        ssh_user,
+        runner_dir,
+        client.public_key(),
+        &host,
+    )?;
+    Ok((config, token))
 }
 
 /// Waits for the runner's verified notify.

@@ -25,7 +25,7 @@
 
 use super::{HypervisorError, VmSpec, BACKEND};
 use crate::config::CloneMode;
-use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
+use shoes_vz_guest_config::{ApiToken, GuestConfig};
 use shoes_vz_vz::hardware::{HardwareModel, HARDWARE_MODEL_FILE};
 use shoes_vz_vz::mac_address::MacAddress;
 use shoes_vz_vz::plan::{
@@ -423,28 +423,12 @@ pub fn throwaway_guest_config(
             crate::error_chain(error)
         ),
     };
-    let token = ApiToken::generate().map_err(|e| broken("token", &e))?;
-    let client = crate::ssh::generate_ed25519().map_err(|e| broken("client key", &e))?;
-    let host = crate::ssh::generate_ed25519().map_err(|e| broken("host key", &e))?;
-    let host_pem = host
-        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
-        .map_err(|e| broken("host key", &e))?
-        .to_string();
-    let config = GuestConfig {
-        version: shoes_vz_guest_config::FORMAT_VERSION,
-        runner_id: format!("warm-{}", uuid::Uuid::new_v4().simple()),
-        api_token: token.clone(),
-        // Nothing listens here: the warm guest's notify is never accepted, only its refresh.
-        notify_url: format!("http://{}:9/v1/notify", super::HOST_ADDRESS_FOR_GUESTS),
-        ssh_user: ssh_user.to_string(),
-        ssh_authorized_key: crate::ssh::authorized_key_line(client.public_key()),
-        ssh_host_key: OpenSshPrivateKey::new(host_pem).map_err(|e| broken("host key", &e))?,
-        ssh_host_public_key: crate::ssh::authorized_key_line(host.public_key()),
-        http_listen: shoes_vz_guest_config::default_http_listen(),
-        runner_dir: runner_dir.into(),
-        host_time_ms: None,
-    };
-    Ok((config, token))
+    crate::runner::guest::throwaway_guest_config(
+        &super::HOST_ADDRESS_FOR_GUESTS.to_string(),
+        ssh_user,
+        runner_dir,
+    )
+    .map_err(|e| broken("identity", &e))
 }
 
 /// Publishes a warmed slot: writes `WarmSlot.json` and the guest token (0600) into `staging`,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use shoes_vz_agent::config::{BackendKind, QemuConfig};
 use shoes_vz_agent::hypervisor::qemu::accel;
 use shoes_vz_agent::{ssh, template};
-use shoes_vz_guest_config::{ApiToken, GuestConfig, OpenSshPrivateKey};
+use shoes_vz_guest_config::ApiToken;
 use shoes_vz_guest_image::bench::{bare_boot_to_ssh, BareBoot};
 use shoes_vz_protocol::client::ShoesClient;
 use shoes_vz_protocol::shoes::v1 as pb;
@@ -119,22 +119,15 @@ fn bare_boot(base: &template::Template, dir: &Path) -> anyhow::Result<BareBoot> 
     let host = ssh::generate_ed25519()?;
     let key_file = dir.join("id_ed25519");
     ssh::write_private_key_openssh(&client, &key_file)?;
-    let config = GuestConfig {
-        version: shoes_vz_guest_config::FORMAT_VERSION,
-        runner_id: "bare".into(),
-        api_token: ApiToken::generate()?,
-        notify_url: "http://10.0.2.2:9/v1/notify".into(),
-        ssh_user: base.metadata.ssh_user.clone(),
-        ssh_authorized_key: ssh::authorized_key_line(client.public_key()),
-        ssh_host_key: OpenSshPrivateKey::new(
-            host.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
-                .to_string(),
-        )?,
-        ssh_host_public_key: ssh::authorized_key_line(host.public_key()),
-        http_listen: shoes_vz_guest_config::default_http_listen(),
-        runner_dir: format!("/home/{}/actions-runner", base.metadata.ssh_user).into(),
-        host_time_ms: None,
-    };
+    let config = shoes_vz_agent::runner::guest::guest_config(
+        "bare",
+        ApiToken::generate()?,
+        "http://10.0.2.2:9/v1/notify",
+        &base.metadata.ssh_user,
+        &format!("/home/{}/actions-runner", base.metadata.ssh_user),
+        client.public_key(),
+        &host,
+    )?;
     let config_disk = dir.join("config.img");
     shoes_vz_guest_config::write_image(&config_disk, &config)?;
     let boot = base
