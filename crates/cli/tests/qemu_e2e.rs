@@ -171,7 +171,7 @@ async fn a_guest_that_never_becomes_ready_is_destroyed_at_its_timeout() {
         .into_inner()
         .runners;
     assert_eq!(runners.len(), 1);
-    // Failed at once; its teardown first offers the guest the power button (20 s default).
+    // A guest that never came up is ended at once (no power-button wait).
     let runner = wait_deleted(&mut client, &runners[0].cloud_id, Duration::from_secs(90)).await;
     assert!(!runner.error.is_empty());
     let runners_dir = cluster.runners_dir(0);
