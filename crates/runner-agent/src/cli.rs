@@ -35,6 +35,11 @@ pub struct Cli {
     #[arg(long = "host-key-path", value_name = "PATH", default_value = DEFAULT_HOST_KEY_PATH)]
     pub host_key_paths: Vec<PathBuf>,
 
+    /// Where to install the SSH host key in dropbear's own format (no conversion needed);
+    /// repeatable.
+    #[arg(long = "dropbear-host-key-path", value_name = "PATH")]
+    pub dropbear_host_key_paths: Vec<PathBuf>,
+
     /// Shell command run after the host key is installed, e.g. to convert it for dropbear:
     /// 'dropbearconvert openssh dropbear "$SHOES_VZ_HOST_KEY" /etc/dropbear/dropbear_ed25519_host_key'.
     /// Environment: SHOES_VZ_HOST_KEY, SHOES_VZ_HOST_PUBLIC_KEY, SHOES_VZ_ROOT.
@@ -64,6 +69,7 @@ impl Cli {
             identity: IdentityOptions {
                 root: self.root.clone(),
                 host_key_paths: self.host_key_paths.clone(),
+                dropbear_host_key_paths: self.dropbear_host_key_paths.clone(),
                 host_key_post_cmd: self.host_key_post_cmd.clone(),
             },
             listen: self.listen,

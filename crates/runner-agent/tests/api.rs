@@ -36,6 +36,7 @@ impl Running {
             identity: IdentityOptions {
                 root: guest.root.clone(),
                 host_key_paths: vec![PathBuf::from(DEFAULT_HOST_KEY_PATH)],
+                dropbear_host_key_paths: Vec::new(),
                 host_key_post_cmd: None,
             },
             listen: Some("127.0.0.1:0".parse()?),

@@ -185,6 +185,7 @@ impl RunnerManager {
         if let Some(mut guest) = guest {
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
             if endpoint.restored {
+                let refreshing = Instant::now();
                 self.refresh_restored(
                     id,
                     &work.template,
@@ -193,6 +194,7 @@ impl RunnerManager {
                     remaining,
                 )
                 .await?;
+                tracing::info!(runner = %id, after_boot = ?boot_started.elapsed(), took = ?refreshing.elapsed(), "restored guest has the runner's identity");
             }
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
             let notice = wait_notice(&mut guest.notices, remaining).await?;

@@ -3,6 +3,7 @@
 //! dropbear), and the clock.
 
 pub mod clock;
+pub mod dropbear;
 pub mod files;
 pub mod users;
 
@@ -32,6 +33,9 @@ pub struct IdentityOptions {
     /// Absolute paths (inside `root`) that receive the host private key; each also gets
     /// `<path>.pub`.
     pub host_key_paths: Vec<PathBuf>,
+    /// Absolute paths (inside `root`) that receive the host key in dropbear's own format, so
+    /// a dropbear guest needs no conversion step.
+    pub dropbear_host_key_paths: Vec<PathBuf>,
     /// Run with `/bin/sh -c` after the host key is written, with `SHOES_VZ_HOST_KEY` (the
     /// first written key's real path), `SHOES_VZ_HOST_PUBLIC_KEY` and `SHOES_VZ_ROOT` set.
     pub host_key_post_cmd: Option<String>,
@@ -42,6 +46,7 @@ impl Default for IdentityOptions {
         IdentityOptions {
             root: PathBuf::from("/"),
             host_key_paths: vec![PathBuf::from(DEFAULT_HOST_KEY_PATH)],
+            dropbear_host_key_paths: Vec::new(),
             host_key_post_cmd: None,
         }
     }
@@ -75,6 +80,8 @@ pub enum IdentityError {
     PostCmdFailed { status: String, output: String },
     #[error(transparent)]
     Clock(#[from] ClockError),
+    #[error(transparent)]
+    DropbearKey(#[from] dropbear::DropbearKeyError),
     #[error("the identity installer stopped unexpectedly")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -152,6 +159,12 @@ fn install_files(
         write_atomic(&path, private.as_bytes(), 0o600, None)?;
         let public = format!("{}\n", config.ssh_host_public_key);
         write_atomic(&public_key_path(&path), public.as_bytes(), 0o644, None)?;
+        host_keys.push(path);
+    }
+    for path in &opts.dropbear_host_key_paths {
+        let path = under_root(&opts.root, path)?;
+        let key = dropbear::from_openssh(config.ssh_host_key.to_file_contents().as_str())?;
+        write_atomic(&path, &key, 0o600, None)?;
         host_keys.push(path);
     }
     Ok(InstalledFiles {
