@@ -222,17 +222,7 @@ async fn remove_leftover_bundles(config: &AgentConfig, backend: &dyn Hypervisor)
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-pub(crate) fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+pub(crate) use shoes_vz_model::clock::{now_ms, unix_micros};
 
 /// `error: cause: cause…` on one line, for errors that travel as text.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -41,7 +41,7 @@ impl ScratchFs {
         if !is_root() {
             bail!("{} has no reflink support and making a loop-mounted XFS needs root; pass --dir on a reflink filesystem", temp.display());
         }
-        if which("mkfs.xfs").is_none() {
+        if crate::workspace_bin::which("mkfs.xfs").is_none() {
             bail!("mkfs.xfs is missing: install xfsprogs (apt-get install xfsprogs) or pass --dir on a reflink filesystem");
         }
         let base = temp.join(format!("shoes-vz-scratch-{}", std::process::id()));
@@ -112,12 +112,4 @@ fn is_root() -> bool {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
         .unwrap_or(false)
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }

@@ -1,6 +1,6 @@
-//! Finding this project's other binaries (the guest's runner-agent, myshoes' plugin): beside
-//! this program, or in the checkout's target dir — built there with cargo on first use when
-//! running from a checkout, as the README's quick start does.
+//! Finding programs: `which`, and this project's other binaries (the guest's runner-agent,
+//! myshoes' plugin) beside this program or in the checkout's target dir — built there with
+//! cargo on first use when running from a checkout, as the README's quick start does.
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -45,4 +45,13 @@ pub fn find_or_build(name: &str, package: &str, env_override: &str) -> anyhow::R
         built.display()
     );
     Ok(built)
+}
+
+/// `program` on `PATH`, or in the sbin directories a non-root `PATH` may lack.
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }

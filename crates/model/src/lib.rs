@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`state`]: runner states and the transitions allowed between them.
+//! - [`clock`]: wall-clock readings (Unix milliseconds and microseconds).
 //! - [`ids`]: runner, agent and cloud ids, and the validation of names that may reach a path.
 //! - [`resource`]: myshoes' resource types and what they mean in vCPUs and memory.
 
+pub mod clock;
 pub mod ids;
 pub mod resource;
 pub mod state;

@@ -143,7 +143,7 @@ fn default_backend() -> BackendKind {
         "cpio",
     ]
     .into_iter()
-    .filter(|tool| !on_path(tool))
+    .filter(|tool| crate::workspace_bin::which(tool).is_none())
     .collect();
     if missing.is_empty() {
         return BackendKind::Qemu;
@@ -155,14 +155,6 @@ fn default_backend() -> BackendKind {
         missing.join(", ")
     );
     BackendKind::Test
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .chain(["/usr/sbin".into(), "/sbin".into()])
-            .any(|dir| dir.join(program).is_file())
-    })
 }
 
 /// One runner's life as seen from myshoes' side.

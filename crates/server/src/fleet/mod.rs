@@ -379,8 +379,4 @@ pub(crate) fn delete_command(runner_id: &RunnerId) -> pb::ServerMessage {
     }
 }
 
-pub(crate) fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
+pub(crate) use shoes_vz_model::clock::unix_micros;

@@ -25,7 +25,7 @@ pub use error::StoreError;
 pub use records::{AgentRecord, RunnerRecord, StateChange, TemplateRecord, Timings};
 
 use sqlx::{Any, AnyPool, Transaction};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Handle to the state store; cheap to clone (shares one connection pool).
 #[derive(Clone, Debug)]
@@ -53,11 +53,7 @@ impl Backend {
 }
 
 /// Milliseconds since the Unix epoch, the store's timestamp unit.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use shoes_vz_model::clock::now_ms;
 
 impl Store {
     /// Connects to `url` (`sqlite:///abs/path/state.db?mode=rwc` or `postgres://…`) and
