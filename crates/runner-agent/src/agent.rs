@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 use crate::exec::ExecLimits;
 use crate::identity::{self, IdentityError, IdentityOptions, InstallReport};
 use crate::notify::{self, Accepted, NotifyFailure, NotifyOptions, NotifyTarget};
+use crate::setup::{SetupOptions, Setups};
 
 const CONFIG_RETRY_DELAY: Duration = Duration::from_millis(500);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -34,6 +35,7 @@ pub struct AgentOptions {
     pub exec: ExecLimits,
     /// `/exec` requests running at once; more are refused with 429.
     pub max_concurrent_execs: usize,
+    pub setup: SetupOptions,
 }
 
 impl Default for AgentOptions {
@@ -46,6 +48,7 @@ impl Default for AgentOptions {
             notify: NotifyOptions::default(),
             exec: ExecLimits::default(),
             max_concurrent_execs: 8,
+            setup: SetupOptions::default(),
         }
     }
 }
@@ -145,6 +148,7 @@ pub(crate) struct Shared {
     client: reqwest::Client,
     shutdown: CancellationToken,
     pub(crate) notify_state: watch::Sender<NotifyState>,
+    pub(crate) setups: Setups,
 }
 
 impl Shared {
@@ -222,6 +226,7 @@ impl Shared {
             warn!(old = %old.http_listen, new = %config.http_listen, "a refresh cannot move the HTTP listener; keeping the old address");
         }
         info!(old_runner_id = %old.runner_id, runner_id = %config.runner_id, "identity refreshed");
+        self.setups.adopt(&config.runner_id);
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config.clone());
         self.start_notify(&config);
         Ok(RefreshReport {
@@ -282,6 +287,9 @@ impl RunningAgent {
         info!(addr = %local_addr, "HTTP API listening");
 
         let (notify_state, _) = watch::channel(NotifyState::Pending);
+        let shutdown = CancellationToken::new();
+        let setups = Setups::new(&opts.identity.root, opts.setup.clone(), shutdown.clone());
+        setups.adopt(&config.runner_id);
         let shared = Arc::new(Shared {
             exec_slots: Arc::new(Semaphore::new(opts.max_concurrent_execs.max(1))),
             opts,
@@ -290,8 +298,9 @@ impl RunningAgent {
             notifier: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
             client: notify::client()?,
-            shutdown: CancellationToken::new(),
+            shutdown,
             notify_state,
+            setups,
         });
         let router = crate::http::router(Arc::clone(&shared));
         let stop = shared.shutdown.clone();

@@ -10,9 +10,10 @@ use shoes_vz_telemetry::LogFormat;
 use crate::agent::AgentOptions;
 use crate::identity::{IdentityOptions, DEFAULT_HOST_KEY_PATH};
 use crate::notify::NotifyOptions;
+use crate::setup::SetupOptions;
 
 /// The shoes-vz guest daemon: installs this runner's identity from its config disk,
-/// notifies the host, and serves /health, /status, /exec and /refresh.
+/// notifies the host, and serves /health, /status, /exec, /refresh and /setup.
 #[derive(Debug, Parser)]
 #[command(name = "shoes-vz-runner-agent", version)]
 pub struct Cli {
@@ -54,6 +55,14 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub config_wait: u64,
 
+    /// Where the daemon keeps its state (the setup script's files and log), inside --root.
+    #[arg(long, value_name = "DIR", default_value = crate::setup::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// The setup script's log is rotated past this many bytes (at most twice it is kept).
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub setup_log_max_bytes: u64,
+
     /// Give up notifying after this many seconds (default: keep trying).
     #[arg(long, value_name = "SECS")]
     pub notify_timeout: Option<u64>,
@@ -77,6 +86,11 @@ impl Cli {
             notify: NotifyOptions {
                 give_up_after: self.notify_timeout.map(Duration::from_secs),
                 ..NotifyOptions::default()
+            },
+            setup: SetupOptions {
+                state_dir: self.state_dir.clone(),
+                log_max_bytes: self.setup_log_max_bytes,
+                ..SetupOptions::default()
             },
             ..AgentOptions::default()
         }

@@ -27,7 +27,7 @@ pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ARGS: usize = 1024;
 const MAX_ARGV_BYTES: usize = 1024 * 1024;
-const PATH: &str = if cfg!(target_os = "macos") {
+pub(crate) const PATH: &str = if cfg!(target_os = "macos") {
     "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 } else {
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -168,19 +168,7 @@ fn plan(request: ExecRequest, root: &Path, limits: &ExecLimits) -> Result<Plan, 
         }
         (None, Some(script)) => {
             let shell = request.shell.unwrap_or_else(|| "sh".to_owned());
-            let bare_name = !shell.is_empty()
-                && shell
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                && !shell.starts_with(['-', '.']);
-            let absolute = shell.starts_with('/')
-                && shell.bytes().all(|b| b.is_ascii_graphic())
-                && !shell.contains("/../");
-            if !bare_name && !absolute {
-                return Err(ExecError::Invalid(
-                    "shell must be a program name like sh or bash, or an absolute path",
-                ));
-            }
+            validate_shell(&shell)?;
             (shell, vec!["-s".to_owned()], Some(script.into_bytes()))
         }
         _ => return Err(ExecError::Invalid("give exactly one of argv and script")),
@@ -227,6 +215,25 @@ fn plan(request: ExecRequest, root: &Path, limits: &ExecLimits) -> Result<Plan, 
         cwd,
         home,
     })
+}
+
+/// A shell is a bare program name (`sh`, `bash`, found on PATH) or an absolute path.
+pub(crate) fn validate_shell(shell: &str) -> Result<(), ExecError> {
+    let bare_name = !shell.is_empty()
+        && shell
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !shell.starts_with(['-', '.']);
+    let absolute = shell.starts_with('/')
+        && shell.bytes().all(|b| b.is_ascii_graphic())
+        && !shell.contains("/../");
+    if bare_name || absolute {
+        Ok(())
+    } else {
+        Err(ExecError::Invalid(
+            "shell must be a program name like sh or bash, or an absolute path",
+        ))
+    }
 }
 
 /// Kills the command's whole process group when dropped, unless disarmed.

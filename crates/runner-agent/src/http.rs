@@ -7,6 +7,8 @@
 //! | `GET /status` | yes | runner id, notify state and the GitHub runner's state |
 //! | `POST /exec` | yes | runs a command ([`crate::exec`]) |
 //! | `POST /refresh` | yes | re-reads the config and re-installs the identity |
+//! | `POST /setup` | yes | starts the runner's setup script, detached ([`crate::setup`]) |
+//! | `GET /setup/log` | yes | the end of the setup script's log (`?max_bytes=`, default 64 KiB) |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::exec::{self, ExecRequest};
 use crate::identity::files::under_root;
 use crate::notify::VERSION;
 use crate::runner_state::{self, RunnerStatus};
+use crate::setup::{SetupError, SetupRequest, SetupStatus};
 
 /// Scripts are the largest bodies; a setup script is a few KiB.
 const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -37,6 +40,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/status", get(status))
         .route("/exec", post(exec_handler))
         .route("/refresh", post(refresh))
+        .route("/setup", post(setup_handler))
+        .route("/setup/log", get(setup_log))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             require_token,
@@ -160,6 +165,9 @@ pub struct StatusResponse {
     pub version: String,
     pub notify: NotifyState,
     pub runner_dir: PathBuf,
+    /// The setup script's progress, once `/setup` started it.
+    #[serde(default)]
+    pub setup: Option<SetupStatus>,
     #[serde(flatten)]
     pub runner: RunnerStatus,
 }
@@ -173,9 +181,52 @@ async fn status(State(shared): State<Arc<Shared>>) -> Result<Json<StatusResponse
         runner_id: config.runner_id.clone(),
         version: VERSION.to_owned(),
         notify: *shared.notify_state.borrow(),
+        setup: shared.setups.status(&config.runner_id),
         runner_dir,
         runner,
     }))
+}
+
+async fn setup_handler(
+    State(shared): State<Arc<Shared>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: SetupRequest = parse_json(&body)?;
+    let runner_id = shared.config().runner_id.clone();
+    info!(?request, "setup");
+    match shared.setups.start(&runner_id, request) {
+        Ok(started) => Ok(Json(started).into_response()),
+        Err(err) => {
+            let status = match &err {
+                SetupError::Busy { .. } => StatusCode::CONFLICT,
+                err if err.is_client_error() => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            warn!(error = %err, "setup refused");
+            Err(ApiError::from_error(status, &err))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    max_bytes: Option<u64>,
+}
+
+/// Larger tails are for a file copy, not an API answer.
+const MAX_LOG_TAIL: u64 = 4 * 1024 * 1024;
+
+async fn setup_log(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let max_bytes = query.max_bytes.unwrap_or(64 * 1024).min(MAX_LOG_TAIL);
+    let runner_id = shared.config().runner_id.clone();
+    let tail = shared
+        .setups
+        .log_tail(&runner_id, max_bytes)
+        .map_err(|err| ApiError::from_error(StatusCode::INTERNAL_SERVER_ERROR, &err))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], tail).into_response())
 }
 
 async fn exec_handler(

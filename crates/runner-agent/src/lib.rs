@@ -11,7 +11,8 @@
 //! - `cli`: command-line flags.
 //! - `identity`: authorized key, host key (+ post command), clock; user lookup; safe writes.
 //! - `notify`: the signed notify with backoff; `addrs`: the guest's addresses.
-//! - `http`: the API; `exec`: `/exec` commands; `runner_state`: `/status`'s runner state.
+//! - `http`: the API; `exec`: `/exec` commands; `setup`: the detached setup script (`/setup`);
+//!   `runner_state`: `/status`'s runner state.
 
 pub mod addrs;
 pub mod agent;
@@ -21,6 +22,7 @@ mod http;
 pub mod identity;
 pub mod notify;
 pub mod runner_state;
+pub mod setup;
 
 pub use agent::{
     load_config, run_once, AgentOptions, NotifyState, RefreshReport, RunningAgent, StartError,
@@ -28,3 +30,4 @@ pub use agent::{
 pub use exec::{ExecLimits, ExecRequest, ExecResponse};
 pub use http::{RefreshRequest, StatusResponse};
 pub use runner_state::{RunnerState, RunnerStatus};
+pub use setup::{SetupOptions, SetupRequest, SetupStarted, SetupState, SetupStatus};

@@ -105,7 +105,13 @@ async fn protected_endpoints_refuse_missing_and_wrong_tokens() -> TestResult {
         Some(format!("Basic {}", r.token())),
         Some(format!("bearer{}", r.token())),
     ];
-    for (method, path) in [("GET", "/status"), ("POST", "/exec"), ("POST", "/refresh")] {
+    for (method, path) in [
+        ("GET", "/status"),
+        ("POST", "/exec"),
+        ("POST", "/refresh"),
+        ("POST", "/setup"),
+        ("GET", "/setup/log"),
+    ] {
         for header in &headers {
             let mut request = r
                 .client
@@ -367,7 +373,19 @@ async fn status_reports_the_state_of_every_fixture() -> TestResult {
             processes.push((name.to_owned(), fake_runner_process(&runner_dir, exe)?));
         }
 
-        let (code, status) = r.status(r.token()).await?;
+        // A freshly spawned process may not have exec'd yet (its cmdline is still the
+        // parent's, or empty): wait until every started process is seen, then check.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (code, status) = loop {
+            let (code, status) = r.status(r.token()).await?;
+            let all_seen = processes
+                .iter()
+                .all(|(name, child)| status[format!("{name}_pid")] == json!(child.id()));
+            if all_seen || tokio::time::Instant::now() >= deadline {
+                break (code, status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(code, 200, "{status}");
         assert_eq!(
             status["state"],
@@ -410,6 +428,63 @@ async fn status_reports_the_state_of_every_fixture() -> TestResult {
         checked,
         ["finished", "idle", "offline", "preparing", "running"]
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn setup_runs_detached_reports_its_exit_and_keeps_its_log() -> TestResult {
+    let r = Running::start().await?;
+    let marker = r.guest.dir.path().join("setup-ran");
+    // Outlives the request by far: the answer must come back while it still runs.
+    let script = format!(
+        "echo starting with ghs_SETUPSECRET >/dev/null; echo step-one; sleep 1; touch {}; exit 7",
+        marker.display()
+    );
+    let post = |body: Value| {
+        r.client
+            .post(format!("{}/setup", r.base))
+            .bearer_auth(r.token())
+            .json(&body)
+            .send()
+    };
+    let first: Value = post(json!({ "script": script, "shell": "sh" }))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(first["started"], true, "{first}");
+    assert_eq!(first["status"]["state"], "running", "{first}");
+    let (_, status) = r.status(r.token()).await?;
+    assert_eq!(status["setup"]["pid"], first["status"]["pid"], "{status:#}");
+    // Idempotent: a repeated request (a retry after a lost answer) starts nothing.
+    let again: Value = post(json!({ "script": "touch /should-not-run" }))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(again["started"], false, "{again}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (_, status) = r.status(r.token()).await?;
+        if status["setup"]["state"] == "exited" || tokio::time::Instant::now() >= deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["setup"]["state"], "exited", "{status:#}");
+    assert_eq!(status["setup"]["exit_code"], 7, "{status:#}");
+    assert!(marker.exists());
+    let log = r
+        .client
+        .get(format!("{}/setup/log", r.base))
+        .bearer_auth(r.token())
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert_eq!(log, "step-one\n");
+
+    let bad = post(json!({ "script": "true", "shell": "sh -c" })).await?;
+    assert_eq!(bad.status(), 400);
     Ok(())
 }
 

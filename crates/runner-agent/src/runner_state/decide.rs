@@ -15,7 +15,8 @@ pub enum RunnerState {
     Idle,
     /// A job was dispatched and has not completed.
     Running,
-    /// A job completed (an ephemeral runner then unregisters and exits).
+    /// The ephemeral runner's job completed and its listener has exited (it removes its
+    /// `.runner` on the way out): nothing of the runner is left to wait for.
     Finished,
 }
 
@@ -45,7 +46,7 @@ pub enum LastEvent {
 /// | `Runner.Worker` | `Runner.Listener` | `.runner` | last `_diag` event | state |
 /// |---|---|---|---|---|
 /// | running | any | any | any | running |
-/// | — | running | any | job completed | finished |
+/// | — | running | any | job completed | running (the listener is winding down) |
 /// | — | running | missing | other | preparing (`config.sh` runs the listener as `configure`) |
 /// | — | running | present | job started | running (worker starting or just exited) |
 /// | — | running | present | listening | idle |
@@ -53,14 +54,16 @@ pub enum LastEvent {
 /// | — | — | any | job completed | finished |
 /// | — | — | any | other | offline |
 ///
-/// An ephemeral runner (what shoes-vz registers) logs "Job … completed", removes `.runner`
-/// and exits, so both "finished" rows are that runner winding down and then gone.
+/// An ephemeral runner (what myshoes registers) logs "Job … completed", deletes its session
+/// and `.runner`, and exits 0 (actions/runner Runner.cs:572-603): only then is it finished, so
+/// a host that reclaims the VM on "finished" never cuts that cleanup short.
 pub fn decide(configured: bool, listener: bool, worker: bool, last: LastEvent) -> RunnerState {
     if worker {
         return RunnerState::Running;
     }
     match (listener, configured, last) {
-        (_, _, LastEvent::JobCompleted) => RunnerState::Finished,
+        (true, _, LastEvent::JobCompleted) => RunnerState::Running,
+        (false, _, LastEvent::JobCompleted) => RunnerState::Finished,
         (true, false, _) => RunnerState::Preparing,
         (true, true, LastEvent::JobStarted) => RunnerState::Running,
         (true, true, LastEvent::Listening) => RunnerState::Idle,
@@ -90,7 +93,7 @@ mod tests {
             (false, true, false, None, Preparing),
             (false, true, false, Listening, Preparing),
             (false, true, false, JobStarted, Preparing),
-            (false, true, false, JobCompleted, Finished),
+            (false, true, false, JobCompleted, Running),
             (false, true, true, None, Running),
             (false, true, true, Listening, Running),
             (false, true, true, JobStarted, Running),
@@ -106,7 +109,7 @@ mod tests {
             (true, true, false, None, Preparing),
             (true, true, false, Listening, Idle),
             (true, true, false, JobStarted, Running),
-            (true, true, false, JobCompleted, Finished),
+            (true, true, false, JobCompleted, Running),
             (true, true, true, None, Running),
             (true, true, true, Listening, Running),
             (true, true, true, JobStarted, Running),

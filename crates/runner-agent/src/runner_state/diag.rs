@@ -15,6 +15,10 @@ use super::decide::LastEvent;
 
 /// Only the end of a long log is read: the newest event is what matters.
 const TAIL_BYTES: u64 = 4 * 1024 * 1024;
+/// The listener starts a new `Runner_*.log` once one passes RUNNER_LOGSIZE, 8 MB by default
+/// (actions/runner HostContext.cs:57-58, HostTraceListener.cs:163-199): its newest event may
+/// then sit at the end of the previous file.
+pub const ROLLOVER_BYTES: u64 = 8 * 1024 * 1024;
 const TERMINAL_WRITE: &str = " Terminal] WRITE LINE: ";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,19 +95,44 @@ pub fn last_event(text: &str) -> Option<DiagEvent> {
     text.lines().rev().find_map(parse_line)
 }
 
-/// The newest `Runner_*.log` in `diag_dir`, by name.
-pub fn newest_runner_log(diag_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+/// The `Runner_*.log` files in `diag_dir`, newest first (names sort by start time).
+pub fn runner_logs(diag_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(diag_dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(err) => return Err(err),
     };
-    let newest = entries
+    let mut names: Vec<String> = entries
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| entry.file_name().into_string().ok())
         .filter(|name| name.starts_with("Runner_") && name.ends_with(".log"))
-        .max();
-    Ok(newest.map(|name| diag_dir.join(name)))
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(names.into_iter().map(|name| diag_dir.join(name)).collect())
+}
+
+/// The newest `Runner_*.log` in `diag_dir`, by name.
+pub fn newest_runner_log(diag_dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    Ok(runner_logs(diag_dir)?.into_iter().next())
+}
+
+/// The newest runner event in `logs` (newest first): the newest file's, or, when it has none
+/// yet and the file before it was rolled over (reached [`ROLLOVER_BYTES`]), that file's. A
+/// small previous file belongs to an earlier listener process, whose events say nothing about
+/// the one now starting.
+pub fn newest_event(logs: &[PathBuf]) -> std::io::Result<Option<DiagEvent>> {
+    let Some(newest) = logs.first() else {
+        return Ok(None);
+    };
+    if let Some(event) = last_event(&read_tail(newest)?) {
+        return Ok(Some(event));
+    }
+    match logs.get(1) {
+        Some(previous) if std::fs::metadata(previous)?.len() >= ROLLOVER_BYTES => {
+            Ok(last_event(&read_tail(previous)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The last 4 MiB of `path`, lossily decoded.
@@ -190,6 +219,41 @@ mod tests {
             newest_runner_log(dir.path())?,
             Some(dir.path().join("Runner_20261127-090000-utc.log"))
         );
+        Ok(())
+    }
+
+    #[test]
+    fn an_event_before_a_rollover_counts_until_the_new_file_has_one() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let listening = "[2026-11-27 08:00:03Z INFO Terminal] WRITE LINE: 2026-11-27 08:00:03Z: Listening for Jobs\n";
+        let mut rolled = "x".repeat(usize::try_from(ROLLOVER_BYTES).unwrap_or(usize::MAX));
+        rolled.push('\n');
+        rolled.push_str(listening);
+        std::fs::write(dir.path().join("Runner_20261127-080000-utc.log"), &rolled)?;
+        std::fs::write(
+            dir.path().join("Runner_20261127-090000-utc.log"),
+            "[2026-11-27 09:00:00Z INFO HostContext] Well known directory 'Bin'\n",
+        )?;
+        let logs = runner_logs(dir.path())?;
+        assert!(logs[0].ends_with("Runner_20261127-090000-utc.log"));
+        assert!(matches!(
+            newest_event(&logs)?,
+            Some(DiagEvent::Listening { .. })
+        ));
+
+        // A small earlier file is an earlier listener's: the new one is still starting.
+        std::fs::write(dir.path().join("Runner_20261127-080000-utc.log"), listening)?;
+        assert_eq!(newest_event(&runner_logs(dir.path())?)?, None);
+
+        // Once the new file has an event, it wins.
+        std::fs::write(
+            dir.path().join("Runner_20261127-090000-utc.log"),
+            "[2026-11-27 09:00:05Z INFO Terminal] WRITE LINE: 2026-11-27 09:00:05Z: Running job: build\n",
+        )?;
+        assert!(matches!(
+            newest_event(&runner_logs(dir.path())?)?,
+            Some(DiagEvent::JobStarted { .. })
+        ));
         Ok(())
     }
 

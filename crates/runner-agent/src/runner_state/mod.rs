@@ -73,19 +73,20 @@ pub fn read_files(runner_dir: &Path) -> RunnerFiles {
             .problems
             .push(format!("could not stat .runner: {err}")),
     }
-    match diag::newest_runner_log(&runner_dir.join("_diag")) {
-        Ok(Some(log)) => {
-            files.diag_log = log
-                .file_name()
+    let diag_dir = runner_dir.join("_diag");
+    match diag::runner_logs(&diag_dir) {
+        Ok(logs) => {
+            files.diag_log = logs
+                .first()
+                .and_then(|log| log.file_name())
                 .map(|name| name.to_string_lossy().into_owned());
-            match diag::read_tail(&log) {
-                Ok(text) => files.last_event = diag::last_event(&text),
+            match diag::newest_event(&logs) {
+                Ok(event) => files.last_event = event,
                 Err(err) => files
                     .problems
-                    .push(format!("could not read {}: {err}", log.display())),
+                    .push(format!("could not read {}: {err}", diag_dir.display())),
             }
         }
-        Ok(None) => {}
         Err(err) => files.problems.push(format!("could not list _diag: {err}")),
     }
     files

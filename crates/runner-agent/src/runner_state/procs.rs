@@ -2,9 +2,12 @@
 //!
 //! Linux reads `/proc/<pid>/cmdline`; macOS parses `ps -axo pid=,command=`. A process counts
 //! when its program is named `Runner.Listener`/`Runner.Worker` and, if given as an absolute
-//! path (the runner always starts them that way), lies inside the runner directory.
+//! path (the runner always starts them that way), lies inside the runner directory. Paths are
+//! compared as written and resolved (realpath), since the same directory has several names:
+//! on macOS `/tmp` is a symlink to `/private/tmp`, and node's `__dirname` (from which myshoes'
+//! RunnerService.js starts the listener) is the resolved one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 #[cfg(target_os = "macos")]
 use std::time::Duration;
 
@@ -22,10 +25,35 @@ pub struct RunnerProcesses {
     pub worker_pid: Option<u32>,
 }
 
+/// The runner directory as configured and as resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerDir {
+    pub given: PathBuf,
+    /// `given` with symlinks resolved; `given` itself when it does not exist (yet).
+    pub resolved: PathBuf,
+}
+
+impl RunnerDir {
+    pub fn new(given: &Path) -> RunnerDir {
+        RunnerDir {
+            given: given.to_path_buf(),
+            resolved: std::fs::canonicalize(given).unwrap_or_else(|_| given.to_path_buf()),
+        }
+    }
+
+    /// Whether `program` (absolute) lies inside the directory under either of its names, or
+    /// does once resolved.
+    fn contains(&self, program: &Path) -> bool {
+        let inside =
+            |path: &Path| path.starts_with(&self.given) || path.starts_with(&self.resolved);
+        inside(program) || std::fs::canonicalize(program).is_ok_and(|real| inside(&real))
+    }
+}
+
 impl RunnerProcesses {
     /// Adds what one process is; `(pid, argv0)` pairs may come in any order, the lowest pid
     /// of each kind wins so the answer does not flicker.
-    pub fn record(&mut self, pid: u32, argv0: &str, runner_dir: &Path) {
+    pub fn record(&mut self, pid: u32, argv0: &str, runner_dir: &RunnerDir) {
         let slot = match classify(argv0, runner_dir) {
             Some(RunnerProcess::Listener) => &mut self.listener_pid,
             Some(RunnerProcess::Worker) => &mut self.worker_pid,
@@ -38,14 +66,14 @@ impl RunnerProcesses {
 }
 
 /// What program `argv0` is, if it is one of the runner's.
-pub fn classify(argv0: &str, runner_dir: &Path) -> Option<RunnerProcess> {
+pub fn classify(argv0: &str, runner_dir: &RunnerDir) -> Option<RunnerProcess> {
     let name = argv0.rsplit('/').next().unwrap_or(argv0);
     let kind = match name {
         "Runner.Listener" => RunnerProcess::Listener,
         "Runner.Worker" => RunnerProcess::Worker,
         _ => return None,
     };
-    if argv0.starts_with('/') && !Path::new(argv0).starts_with(runner_dir) {
+    if argv0.starts_with('/') && !runner_dir.contains(Path::new(argv0)) {
         return None;
     }
     Some(kind)
@@ -88,6 +116,7 @@ pub fn argv0_from_ps_command<'a>(command: &'a str, runner_dir: &Path) -> &'a str
 
 /// Scans a Linux `/proc`-style directory.
 pub fn scan_proc(proc_dir: &Path, runner_dir: &Path) -> std::io::Result<RunnerProcesses> {
+    let runner_dir = RunnerDir::new(runner_dir);
     let mut found = RunnerProcesses::default();
     for entry in std::fs::read_dir(proc_dir)? {
         let Ok(entry) = entry else { continue };
@@ -103,7 +132,7 @@ pub fn scan_proc(proc_dir: &Path, runner_dir: &Path) -> std::io::Result<RunnerPr
             continue;
         };
         if let Some(argv0) = argv0_from_cmdline(&cmdline) {
-            found.record(pid, &argv0, runner_dir);
+            found.record(pid, &argv0, &runner_dir);
         }
     }
     Ok(found)
@@ -139,9 +168,15 @@ pub async fn scan(runner_dir: &Path) -> std::io::Result<RunnerProcesses> {
                 output.status
             )));
         }
+        let dir = RunnerDir::new(runner_dir);
         let mut found = RunnerProcesses::default();
         for (pid, command) in parse_ps(&String::from_utf8_lossy(&output.stdout)) {
-            found.record(pid, argv0_from_ps_command(&command, runner_dir), runner_dir);
+            // ps shows the path the program was started with: either name of the directory.
+            let argv0 = match argv0_from_ps_command(&command, &dir.resolved) {
+                full if full != command => full,
+                _ => argv0_from_ps_command(&command, &dir.given),
+            };
+            found.record(pid, argv0, &dir);
         }
         Ok(found)
     }
@@ -161,9 +196,13 @@ mod tests {
 
     const DIR: &str = "/Users/runner/actions-runner";
 
+    fn dir() -> RunnerDir {
+        RunnerDir::new(Path::new(DIR))
+    }
+
     #[test]
     fn classify_matches_names_inside_the_runner_dir() {
-        let dir = Path::new(DIR);
+        let dir = &dir();
         let cases = [
             (
                 "/Users/runner/actions-runner/bin/Runner.Listener",
@@ -219,11 +258,7 @@ garbage line
 
         let mut found = RunnerProcesses::default();
         for (pid, command) in &rows {
-            found.record(
-                *pid,
-                argv0_from_ps_command(command, Path::new(DIR)),
-                Path::new(DIR),
-            );
+            found.record(*pid, argv0_from_ps_command(command, Path::new(DIR)), &dir());
         }
         assert_eq!(
             found,
@@ -245,6 +280,40 @@ garbage line
             argv0_from_ps_command("/sbin/launchd", spaced),
             "/sbin/launchd"
         );
+    }
+
+    #[test]
+    fn a_runner_dir_reached_through_a_symlink_matches_either_name() -> std::io::Result<()> {
+        // macOS: /tmp -> /private/tmp, and node starts the listener from the resolved path.
+        let base = tempfile::tempdir()?;
+        let real = base.path().join("private-tmp");
+        std::fs::create_dir_all(real.join("runner/bin"))?;
+        std::fs::write(real.join("runner/bin/Runner.Listener"), b"")?;
+        let link = base.path().join("tmp");
+        std::os::unix::fs::symlink(&real, &link)?;
+        let resolved_program = std::fs::canonicalize(real.join("runner/bin/Runner.Listener"))?;
+        let linked_program = link.join("runner/bin/Runner.Listener");
+        for configured in [link.join("runner"), real.join("runner")] {
+            let dir = RunnerDir::new(&configured);
+            for program in [&resolved_program, &linked_program] {
+                assert_eq!(
+                    classify(&program.to_string_lossy(), &dir),
+                    Some(RunnerProcess::Listener),
+                    "{} in {}",
+                    program.display(),
+                    configured.display()
+                );
+            }
+        }
+        let elsewhere = base.path().join("other/bin/Runner.Listener");
+        assert_eq!(
+            classify(
+                &elsewhere.to_string_lossy(),
+                &RunnerDir::new(&link.join("runner"))
+            ),
+            None
+        );
+        Ok(())
     }
 
     #[test]
