@@ -25,13 +25,21 @@ pub struct AgentConfig {
     pub capacity: Capacity,
     pub clone_mode: CloneMode,
     pub timeouts: AgentTimeouts,
-    /// Bytes of setup-script stdout and stderr kept each (the rest is dropped).
-    pub setup_output_limit: usize,
+    /// Stop a runner's VM and free its slot the moment its job has finished (the guest's
+    /// ephemeral runner exited after its job), instead of waiting for myshoes' DeleteInstance
+    /// (which comes once a minute, one runner at a time). The server keeps the record, so
+    /// the later DeleteInstance still answers OK.
+    pub reclaim_finished: bool,
+    /// End a runner whose job (from the setup script's start) runs longer than this. Off by
+    /// default: no timeout ends a job.
+    #[serde(default, with = "humantime_serde")]
+    pub max_job_duration: Option<Duration>,
     pub test_backend: TestBackendConfig,
     pub qemu: QemuConfig,
     pub vz: VzConfig,
     pub notify: NotifyConfig,
-    /// How often the agent asks a running guest's runner-agent for the GitHub runner's state.
+    /// How often the agent asks a running guest how its job and setup script stand (a
+    /// finished job frees its slot within about this long).
     #[serde(with = "humantime_serde")]
     pub guest_status_interval: Duration,
     pub reconnect: Reconnect,
@@ -208,8 +216,9 @@ pub struct AgentTimeouts {
     /// From VM start until SSH answers.
     #[serde(with = "humantime_serde")]
     pub boot_to_ssh: Duration,
-    #[serde(with = "humantime_serde")]
-    pub setup_script: Duration,
+    /// Starting the setup script (it then runs detached for the job's whole life).
+    #[serde(with = "humantime_serde", alias = "setup_script")]
+    pub setup_start: Duration,
     /// Graceful stop before the VM is killed.
     #[serde(with = "humantime_serde")]
     pub stop: Duration,
@@ -221,7 +230,7 @@ impl Default for AgentTimeouts {
             clone: Duration::from_secs(120),
             boot_to_ip: Duration::from_secs(180),
             boot_to_ssh: Duration::from_secs(200),
-            setup_script: Duration::from_secs(600),
+            setup_start: Duration::from_secs(60),
             stop: Duration::from_secs(20),
         }
     }
@@ -235,6 +244,9 @@ pub struct TestBackendConfig {
     pub boot_delay: Duration,
     /// Never start the SSH server (to exercise boot timeouts).
     pub never_ready: bool,
+    /// How long a graceful stop takes (a guest shutting down); a forced stop is immediate.
+    #[serde(with = "humantime_serde")]
+    pub stop_delay: Duration,
 }
 
 impl Default for TestBackendConfig {
@@ -242,6 +254,7 @@ impl Default for TestBackendConfig {
         Self {
             boot_delay: Duration::from_millis(500),
             never_ready: false,
+            stop_delay: Duration::ZERO,
         }
     }
 }
@@ -279,12 +292,13 @@ impl Default for AgentConfig {
             capacity: Capacity::default(),
             clone_mode: CloneMode::Reflink,
             timeouts: AgentTimeouts::default(),
-            setup_output_limit: 64 * 1024,
+            reclaim_finished: true,
+            max_job_duration: None,
             test_backend: TestBackendConfig::default(),
             qemu: QemuConfig::default(),
             vz: VzConfig::default(),
             notify: NotifyConfig::default(),
-            guest_status_interval: Duration::from_secs(5),
+            guest_status_interval: Duration::from_secs(1),
             reconnect: Reconnect::default(),
         }
     }

@@ -2,7 +2,9 @@
 //! with the runner's token. Every call has a timeout.
 
 use shoes_vz_guest_config::{ApiToken, GuestConfig};
-use shoes_vz_runner_agent::{ExecRequest, ExecResponse, RefreshRequest, StatusResponse};
+use shoes_vz_runner_agent::{
+    ExecRequest, ExecResponse, RefreshRequest, SetupRequest, SetupStarted, StatusResponse,
+};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,6 +73,18 @@ impl GuestApi {
             "/exec",
             Some(request),
             timeout + Duration::from_secs(5),
+        )
+        .await
+    }
+
+    /// Starts the setup script detached in the guest; repeating it for the same runner starts
+    /// nothing new (so a retry after a lost answer is safe).
+    pub async fn start_setup(&self, request: &SetupRequest) -> Result<SetupStarted, GuestApiError> {
+        self.call(
+            reqwest::Method::POST,
+            "/setup",
+            Some(request),
+            Duration::from_secs(30),
         )
         .await
     }

@@ -98,6 +98,8 @@ impl RunningAgent {
                     labels: t.metadata.labels.clone(),
                     max_vcpus: t.metadata.limits.max_vcpus,
                     max_memory_mib: t.metadata.limits.max_memory_mib,
+                    os: t.metadata.os_label().to_string(),
+                    arch: t.metadata.arch_label().to_string(),
                 })
                 .collect(),
             backend: backend.kind().to_string(),

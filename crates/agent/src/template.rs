@@ -17,11 +17,20 @@ pub struct TemplateMetadata {
     pub backend: String,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// GitHub's OS label of the guest (`Linux`, `macOS`); default from `backend`. Every
+    /// runner of the template registers with it, so jobs may ask for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// GitHub's arch label of the guest (`X64`, `ARM64`); default from `backend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     pub ssh_user: String,
     /// Files cloned into every runner bundle, relative to the template directory.
     pub disk_files: Vec<String>,
     pub limits: TemplateLimits,
-    /// Command that runs the setup script fed on stdin.
+    /// The shell that runs the setup script (its first word: a program name like `bash` or
+    /// an absolute path; a trailing `-s` from older templates is ignored). The script runs
+    /// detached as `<shell> <script file>`, as root through the runner-agent.
     #[serde(default = "default_setup_shell")]
     pub setup_shell: String,
     /// Direct Linux kernel boot (the `qemu` backend); absent for disk-booted guests.
@@ -40,7 +49,17 @@ pub struct TemplateMetadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GuestAgent {
     /// The GitHub Actions runner's directory in the guest (absolute), watched for its state.
+    /// myshoes installs the runner in `<RUNNER_BASE_DIRECTORY>/runner`, `/tmp/runner` by
+    /// default (myshoes-setup-script.md M:125-126).
+    #[serde(default = "default_runner_dir")]
     pub runner_dir: String,
+}
+
+/// Where myshoes' setup script puts the runner with its default RUNNER_BASE_DIRECTORY.
+pub const MYSHOES_RUNNER_DIR: &str = "/tmp/runner";
+
+fn default_runner_dir() -> String {
+    MYSHOES_RUNNER_DIR.to_string()
 }
 
 /// A VM state saved from this template's disks, and the VM shape it needs back: a restore
@@ -76,7 +95,51 @@ pub struct LinuxBoot {
 }
 
 fn default_setup_shell() -> String {
-    "bash -s".to_string()
+    "bash".to_string()
+}
+
+impl TemplateMetadata {
+    /// GitHub's OS label for the guest: `os`, else what the backend runs (vz: macOS guests;
+    /// qemu: Linux; test: this host's OS, since its "guests" run on the host).
+    pub fn os_label(&self) -> &str {
+        if let Some(os) = &self.os {
+            return os;
+        }
+        match self.backend.as_str() {
+            "vz" => "macOS",
+            "qemu" => "Linux",
+            _ if cfg!(target_os = "macos") => "macOS",
+            _ => "Linux",
+        }
+    }
+
+    /// GitHub's arch label for the guest: `arch`, else the backend's (vz: Apple silicon;
+    /// qemu: x86-64 guests; test: this host's).
+    pub fn arch_label(&self) -> &str {
+        if let Some(arch) = &self.arch {
+            return arch;
+        }
+        match self.backend.as_str() {
+            "vz" => "ARM64",
+            "qemu" => "X64",
+            _ if cfg!(target_arch = "aarch64") => "ARM64",
+            _ => "X64",
+        }
+    }
+
+    /// The program that runs the setup script: `setupShell`'s first word.
+    pub fn setup_program(&self) -> &str {
+        self.setup_shell.split_whitespace().next().unwrap_or("sh")
+    }
+}
+
+/// A program name (`bash`) or an absolute path, with nothing a shell would interpret.
+fn is_plain_program(program: &str) -> bool {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-+/".contains(&b);
+    !program.is_empty()
+        && program.bytes().all(plain)
+        && !program.starts_with(['-', '.'])
+        && (!program.contains('/') || (program.starts_with('/') && !program.contains("/../")))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,8 +258,11 @@ pub fn load(dir: &Path) -> Result<Template, TemplateError> {
             ));
         }
     }
-    if metadata.setup_shell.trim().is_empty() {
-        return Err(invalid("setupShell is empty".into()));
+    if metadata.setup_shell.trim().is_empty() || !is_plain_program(metadata.setup_program()) {
+        return Err(invalid(format!(
+            "setupShell {:?} must start with a shell's name (e.g. bash) or absolute path",
+            metadata.setup_shell
+        )));
     }
     if let Some(agent) = &metadata.guest_agent {
         if !agent.runner_dir.starts_with('/') {
@@ -265,6 +331,8 @@ pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf>
     disk.set_len(TEST_DISK_BYTES)?;
     let metadata = TemplateMetadata {
         name: name.to_string(),
+        os: None,
+        arch: None,
         version: "1".to_string(),
         backend: "test".to_string(),
         labels: vec!["test".to_string(), "linux".to_string()],
@@ -274,11 +342,11 @@ pub fn ensure_test_template(root: &Path, name: &str) -> std::io::Result<PathBuf>
             max_vcpus: 64,
             max_memory_mib: 1024 * 1024,
         },
-        setup_shell: "sh -s".to_string(),
+        setup_shell: "sh".to_string(),
         linux_boot: None,
         saved_state: None,
         guest_agent: Some(GuestAgent {
-            runner_dir: "/home/runner/actions-runner".to_string(),
+            runner_dir: MYSHOES_RUNNER_DIR.to_string(),
         }),
     };
     crate::fsutil::write_json_atomic(&dir.join(METADATA_FILE), &metadata)?;
@@ -376,6 +444,33 @@ mod tests {
             write_metadata(&dir, &metadata(boot));
             let error = load(&dir).expect_err("refused").to_string();
             assert!(error.contains(needle), "{error}");
+        }
+    }
+
+    #[test]
+    fn setup_shells_are_plain_programs_and_runner_dirs_default_to_myshoes() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("t");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("d"), b"x").expect("write");
+        let with = |extra: &str| {
+            format!(
+                r#"{{"name":"t","version":"1","backend":"test","sshUser":"r","diskFiles":["d"],"limits":{{"maxVcpus":1,"maxMemoryMib":1}}{extra}}}"#
+            )
+        };
+        write_metadata(&dir, &with(r#","guestAgent":{}"#));
+        let template = load(&dir).expect("defaults");
+        assert_eq!(template.metadata.setup_program(), "bash");
+        let agent = template.metadata.guest_agent.expect("guest agent");
+        assert_eq!(agent.runner_dir, "/tmp/runner");
+        for (shell, program) in [("bash -s", "bash"), ("/bin/zsh", "/bin/zsh"), ("sh", "sh")] {
+            write_metadata(&dir, &with(&format!(r#","setupShell":"{shell}""#)));
+            assert_eq!(load(&dir).expect(shell).metadata.setup_program(), program);
+        }
+        for bad in ["", "bash;rm", "../sh", "-sh", "sh$(x)", "a/b"] {
+            write_metadata(&dir, &with(&format!(r#","setupShell":"{bad}""#)));
+            let error = load(&dir).expect_err(bad).to_string();
+            assert!(error.contains("setupShell"), "{bad}: {error}");
         }
     }
 

@@ -61,6 +61,8 @@ pub struct TestSshConfig {
     pub workdir: PathBuf,
     /// Usually `127.0.0.1:0`.
     pub bind: SocketAddr,
+    /// Added to every command's otherwise cleared environment.
+    pub env: Vec<(String, String)>,
 }
 
 impl fmt::Debug for TestSshConfig {
@@ -77,6 +79,7 @@ impl fmt::Debug for TestSshConfig {
             .field("user", &self.user)
             .field("workdir", &self.workdir)
             .field("bind", &self.bind)
+            .field("env", &self.env)
             .finish()
     }
 }
@@ -108,6 +111,7 @@ struct Shared {
     user: String,
     workdir: PathBuf,
     path: OsString,
+    env: Vec<(String, String)>,
     exec_count: Arc<AtomicUsize>,
     cancel: CancellationToken,
     _alive: mpsc::Sender<()>,
@@ -137,6 +141,7 @@ impl TestSshServer {
             user: config.user,
             workdir: config.workdir,
             path: std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
+            env: config.env,
             exec_count: Arc::clone(&exec_count),
             cancel: cancel.clone(),
             _alive: alive,
@@ -289,6 +294,7 @@ impl GuestHandler {
             .env("PATH", &shared.path)
             .env("HOME", &shared.workdir)
             .env("USER", &shared.user)
+            .envs(shared.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -584,6 +590,7 @@ mod tests {
             user: USER.to_owned(),
             workdir: workdir.path().to_path_buf(),
             bind: "127.0.0.1:0".parse()?,
+            env: Vec::new(),
         })
         .await?;
         let target = SshTarget {

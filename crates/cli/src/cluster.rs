@@ -52,6 +52,16 @@ pub struct ClusterOptions {
     pub never_ready: bool,
     pub boot_to_ssh_timeout: Duration,
     pub add_instance_timeout: Duration,
+    /// How long AddInstance queues for a slot (clamped to leave the boot its time).
+    pub queue_wait: Duration,
+    /// How long a runner whose caller went away waits for a retry (default: the add timeout).
+    pub claim_grace: Option<Duration>,
+    /// Reclaim a runner's VM as soon as its job finished.
+    pub reclaim_finished: bool,
+    /// How often agents ask guests how their job stands.
+    pub guest_status_interval: Duration,
+    /// test backend: how long a graceful VM stop takes.
+    pub test_stop_delay: Duration,
     /// qemu: also make the test guest's warm template (runners asking for label `warm`).
     pub warm: bool,
 }
@@ -70,6 +80,11 @@ impl ClusterOptions {
             never_ready: false,
             boot_to_ssh_timeout: Duration::from_secs(60),
             add_instance_timeout: Duration::from_secs(240),
+            queue_wait: Duration::from_secs(90),
+            claim_grace: None,
+            reclaim_finished: true,
+            guest_status_interval: Duration::from_millis(200),
+            test_stop_delay: Duration::ZERO,
             warm: false,
         }
     }
@@ -144,6 +159,12 @@ impl LocalCluster {
         };
         config.auth.token = Some(options.token.clone());
         config.timeouts.add_instance = options.add_instance_timeout;
+        config.timeouts.queue_wait = options.queue_wait.min(
+            options
+                .add_instance_timeout
+                .saturating_sub(shoes_vz_server::config::MIN_BOOT_TIME),
+        );
+        config.timeouts.claim_grace = options.claim_grace;
         if options.backend == BackendKind::Qemu {
             // The test guest is tiny: nano is the shape its warm template is saved with.
             config.resources.types.insert(
@@ -177,6 +198,9 @@ impl LocalCluster {
         config.test_backend.never_ready = self.options.never_ready;
         config.timeouts.boot_to_ip = self.options.boot_to_ssh_timeout;
         config.timeouts.boot_to_ssh = self.options.boot_to_ssh_timeout;
+        config.reclaim_finished = self.options.reclaim_finished;
+        config.guest_status_interval = self.options.guest_status_interval;
+        config.test_backend.stop_delay = self.options.test_stop_delay;
         config.reconnect.initial_backoff = Duration::from_millis(100);
         config.reconnect.max_backoff = Duration::from_secs(2);
         config

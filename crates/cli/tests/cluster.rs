@@ -13,7 +13,11 @@ async fn concurrent_adds_fill_exactly_the_capacity_then_delete_frees_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let markers = dir.path().join("markers");
     std::fs::create_dir_all(&markers).expect("markers dir");
-    let cluster = start(options(&dir.path().join("cluster"), 2, 2)).await;
+    let mut opts = options(&dir.path().join("cluster"), 2, 2);
+    // The runners never finish (their scripts start no GitHub runner): the calls beyond the
+    // capacity queue, then give up.
+    opts.queue_wait = Duration::from_secs(1);
+    let cluster = start(opts).await;
     let client = cluster.client().await.expect("client");
 
     let requests = (0..7).map(|i| {
@@ -64,7 +68,10 @@ async fn concurrent_adds_fill_exactly_the_capacity_then_delete_frees_it() {
         assert!(timings.startup_ms > 0 && timings.setup_ms > 0);
         let marker =
             std::fs::read_to_string(markers.join(format!("runner-{i}"))).expect("setup script ran");
-        assert_eq!(marker, format!("secret-token-{i} ran as runner\n"));
+        assert!(
+            marker.starts_with(&format!("secret-token-{i} ran as ")),
+            "{marker}"
+        );
         // The guest's runner-agent reports the GitHub runner's state (none installed: offline).
         let mut guest_state = String::new();
         for _ in 0..500 {
@@ -91,6 +98,10 @@ async fn concurrent_adds_fill_exactly_the_capacity_then_delete_frees_it() {
     assert!(metrics.contains("shoesvz_capacity_total_runners 4"));
     assert!(metrics
         .contains("shoesvz_requests_total{method=\"AddInstance\",code=\"ResourceExhausted\"} 3"));
+    assert!(
+        metrics.contains("shoesvz_queue_timeouts_total 3"),
+        "{metrics}"
+    );
     assert!(metrics.contains("shoesvz_runner_phase_duration_seconds_count{phase=\"setup\"} 4"));
 
     for (_, cloud_id) in &created {
@@ -101,7 +112,7 @@ async fn concurrent_adds_fill_exactly_the_capacity_then_delete_frees_it() {
             })
             .await
             .expect("delete");
-        assert_eq!(get(&mut client, cloud_id).await.state, "deleted");
+        wait_state(&mut client, cloud_id, "deleted").await;
     }
     for agent in 0..2 {
         assert_eq!(bundles(&cluster.runners_dir(agent)), 0, "bundles removed");
@@ -190,7 +201,9 @@ async fn requests_that_can_never_succeed_are_invalid_argument_and_auth_is_requir
         .into_inner();
     let runner = wait_state(&mut client, &reply.cloud_id, "deleted").await;
     assert!(
-        runner.error.contains("setup script exited with status 3"),
+        runner
+            .error
+            .contains("setup script exited (status 3) before the GitHub runner was registered"),
         "{}",
         runner.error
     );
@@ -215,7 +228,8 @@ async fn a_guest_that_never_becomes_ready_is_destroyed_at_its_timeout() {
         .add_instance(add_request("myshoes-never-ready", "true"))
         .await
         .expect_err("never ready");
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    // Retryable: a retry gets a new VM.
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(
         status.message().contains("did not get an address"),
         "{}",

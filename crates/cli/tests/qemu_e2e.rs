@@ -529,7 +529,8 @@ async fn delete_and_check_gone(
         live.cloud_id,
         started.elapsed()
     );
-    assert_eq!(get(client, &live.cloud_id).await.state, "deleted");
+    // DeleteInstance answers once the deletion is recorded; the VM goes right after.
+    wait_deleted(client, &live.cloud_id, Duration::from_secs(60)).await;
     assert!(!process_alive(live.pid), "QEMU {} still runs", live.pid);
     assert!(
         !live.bundle.exists(),

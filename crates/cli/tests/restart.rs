@@ -53,7 +53,7 @@ async fn restarted_server_still_lists_and_deletes_its_runners() {
         })
         .await
         .expect("delete after restart");
-    assert_eq!(get(&mut client, &cloud_id).await.state, "deleted");
+    wait_state(&mut client, &cloud_id, "deleted").await;
     assert_eq!(
         bundles(&cluster.runners_dir(0)),
         0,
@@ -165,6 +165,14 @@ async fn restarted_agent_removes_orphans_and_the_server_converges() {
         "{}",
         runner.error
     );
+    // myshoes holds the cloud_id: its DeleteInstance of the lost runner still answers OK.
+    client
+        .delete_instance(pb::DeleteInstanceRequest {
+            cloud_id: cloud_id.clone(),
+            labels: vec![],
+        })
+        .await
+        .expect("DeleteInstance of a runner that ended on its own");
     cluster
         .wait_agents_online(1, Duration::from_secs(30))
         .await

@@ -209,6 +209,8 @@ pub fn build_test_guest(options: &BuildOptions) -> Result<TemplateDir, BuildErro
     let (dir, version) = publish_target(options, &base_version);
     let metadata = TemplateMetadata {
         name: options.name.clone(),
+        os: None,
+        arch: None,
         version: version.clone(),
         backend: "qemu".to_string(),
         labels: vec!["linux".to_string(), "test-guest".to_string()],

@@ -314,12 +314,19 @@ impl Setups {
             // Its own group: the host can end the whole tree, and it does not die with a
             // request or a daemon restart.
             .process_group(0);
-        if let Some(user) = &run_as {
-            command
-                .uid(user.uid)
-                .gid(user.gid)
-                .env("USER", &user.name)
-                .env("LOGNAME", &user.name);
+        match &run_as {
+            Some(user) => {
+                command
+                    .uid(user.uid)
+                    .gid(user.gid)
+                    .env("USER", &user.name)
+                    .env("LOGNAME", &user.name);
+            }
+            None => {
+                if let Ok(Some(me)) = nix::unistd::User::from_uid(nix::unistd::geteuid()) {
+                    command.env("USER", &me.name).env("LOGNAME", &me.name);
+                }
+            }
         }
         let child = command.spawn().map_err(SetupError::Spawn)?;
         let status = SetupStatus {

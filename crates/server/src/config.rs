@@ -48,9 +48,15 @@ pub struct SchedulerConfig {
 }
 
 impl Default for SchedulerConfig {
+    /// myshoes accepts a job when one of its labels is `myshoes` or `self-hosted`, or its
+    /// only label is `dependabot` (myshoes pkg/gh/label.go:6-18), and registers every runner
+    /// with `myshoes,dependabot` besides GitHub's own `self-hosted`, OS and arch labels: none
+    /// of these says which template a job needs.
     fn default() -> Self {
         Self {
-            ignored_labels: vec!["self-hosted".to_string()],
+            ignored_labels: ["self-hosted", "myshoes", "dependabot"]
+                .map(String::from)
+                .to_vec(),
             default_template: None,
         }
     }
@@ -59,9 +65,19 @@ impl Default for SchedulerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// How long AddInstance waits for ssh-ready (myshoes gives it 5 minutes).
+    /// How long AddInstance waits, queueing for a slot included, for ssh-ready (myshoes gives
+    /// it 5 minutes, plugin start and GitHub calls included).
     #[serde(with = "humantime_serde")]
     pub add_instance: Duration,
+    /// How long AddInstance queues for a free slot before answering ResourceExhausted.
+    /// Queued calls are served first come, first served.
+    #[serde(with = "humantime_serde")]
+    pub queue_wait: Duration,
+    /// A runner whose AddInstance caller went away (cut, timed out, server restarted) is
+    /// destroyed when no retry under its runner_name claims it within this long; default
+    /// `add_instance`.
+    #[serde(default, with = "humantime_serde")]
+    pub claim_grace: Option<Duration>,
     /// How long DeleteInstance waits for the agent to confirm (myshoes gives it 3 minutes).
     #[serde(with = "humantime_serde")]
     pub delete_instance: Duration,
@@ -77,6 +93,8 @@ impl Default for Timeouts {
     fn default() -> Self {
         Self {
             add_instance: Duration::from_secs(240),
+            queue_wait: Duration::from_secs(90),
+            claim_grace: None,
             delete_instance: Duration::from_secs(120),
             agent_offline_after: Duration::from_secs(30),
             snapshot_interval: Duration::from_secs(10),
@@ -111,6 +129,17 @@ pub enum ConfigError {
     ZeroTimeout(&'static str),
     #[error("timeouts.agent_offline_after must be longer than timeouts.snapshot_interval, or every agent flaps offline")]
     OfflineBeforeSnapshot,
+    #[error("timeouts.add_instance ({add:?}) must leave at least {MIN_BOOT_TIME:?} after timeouts.queue_wait ({queue:?}) for the VM to boot; lower queue_wait or raise add_instance (below myshoes' 5 minutes)")]
+    QueueLeavesNoBootTime { add: Duration, queue: Duration },
+}
+
+/// The least time a queued AddInstance keeps for booting once it gets a slot.
+pub const MIN_BOOT_TIME: Duration = Duration::from_secs(30);
+
+impl Timeouts {
+    pub fn claim_grace(&self) -> Duration {
+        self.claim_grace.unwrap_or(self.add_instance)
+    }
 }
 
 impl ServerConfig {
@@ -140,6 +169,12 @@ impl ServerConfig {
         }
         if t.agent_offline_after <= t.snapshot_interval {
             return Err(ConfigError::OfflineBeforeSnapshot);
+        }
+        if t.add_instance < t.queue_wait + MIN_BOOT_TIME {
+            return Err(ConfigError::QueueLeavesNoBootTime {
+                add: t.add_instance,
+                queue: t.queue_wait,
+            });
         }
         Ok(())
     }
@@ -198,5 +233,21 @@ mod tests {
             config.validate(),
             Err(ConfigError::OfflineBeforeSnapshot)
         ));
+        config.timeouts.agent_offline_after = Duration::from_secs(30);
+        config.timeouts.queue_wait = Duration::from_secs(230);
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::QueueLeavesNoBootTime { .. })
+        ));
+    }
+
+    #[test]
+    fn myshoes_labels_are_ignored_and_the_claim_grace_defaults_to_the_add_timeout() {
+        let config = ServerConfig::default();
+        for label in ["self-hosted", "myshoes", "dependabot"] {
+            assert!(config.scheduler.ignored_labels.iter().any(|l| l == label));
+        }
+        assert_eq!(config.timeouts.claim_grace(), config.timeouts.add_instance);
+        assert_eq!(config.timeouts.queue_wait, Duration::from_secs(90));
     }
 }

@@ -49,16 +49,14 @@ impl RunningServer {
         let (writer, _writer_task) = writer::StoreWriter::spawn(store.clone());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::default());
-        let fleet = Arc::new(
-            Fleet::load(
-                Arc::clone(&config),
-                store,
-                writer,
-                metrics,
-                shutdown.clone(),
-            )
-            .await?,
-        );
+        let fleet = Fleet::load(
+            Arc::clone(&config),
+            store,
+            writer,
+            metrics,
+            shutdown.clone(),
+        )
+        .await?;
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -122,7 +120,7 @@ impl RunningServer {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => liveness.expire_silent_agents(),
+                    _ = tick.tick() => liveness.tick(),
                 }
             }
         });

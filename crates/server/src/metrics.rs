@@ -57,6 +57,8 @@ pub struct FleetGauges {
     pub agents_offline: i64,
     pub capacity_total_runners: i64,
     pub runners_by_state: Vec<(RunnerState, i64)>,
+    /// AddInstance calls waiting for a free slot.
+    pub queue_length: i64,
 }
 
 pub struct Metrics {
@@ -69,6 +71,11 @@ pub struct Metrics {
     phases: Family<PhaseLabel, Histogram>,
     requests: Family<RequestLabel, Counter>,
     fallbacks: Counter,
+    queue_length: Gauge,
+    queue_wait: Histogram,
+    queue_timeouts: Counter,
+    finished: Counter,
+    unclaimed: Counter,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -89,6 +96,37 @@ impl Default for Metrics {
         );
         let requests = Family::<RequestLabel, Counter>::default();
         let fallbacks = Counter::default();
+        let queue_length = Gauge::default();
+        // 1 ms .. ~2 min: most placements wait nothing, a queued one up to queue_wait.
+        let queue_wait = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let queue_timeouts = Counter::default();
+        let finished = Counter::default();
+        let unclaimed = Counter::default();
+        registry.register(
+            "shoesvz_queue_length",
+            "AddInstance calls waiting for a free slot",
+            queue_length.clone(),
+        );
+        registry.register(
+            "shoesvz_queue_wait_seconds",
+            "How long each placed AddInstance waited for a free slot",
+            queue_wait.clone(),
+        );
+        registry.register(
+            "shoesvz_queue_timeouts",
+            "AddInstance calls answered ResourceExhausted after waiting queue_wait",
+            queue_timeouts.clone(),
+        );
+        registry.register(
+            "shoesvz_runners_finished",
+            "Runners whose job finished and whose VM was reclaimed before DeleteInstance",
+            finished.clone(),
+        );
+        registry.register(
+            "shoesvz_runners_unclaimed",
+            "Runners destroyed because no AddInstance call claimed them within claim_grace",
+            unclaimed.clone(),
+        );
         registry.register(
             "shoesvz_agents_online",
             "Agents with a live, synced stream",
@@ -139,6 +177,11 @@ impl Default for Metrics {
             phases,
             requests,
             fallbacks,
+            queue_length,
+            queue_wait,
+            queue_timeouts,
+            finished,
+            unclaimed,
         }
     }
 }
@@ -167,6 +210,22 @@ impl Metrics {
         self.fallbacks.inc();
     }
 
+    pub fn observe_queue_wait(&self, millis: u64) {
+        self.queue_wait.observe(millis as f64 / 1000.0);
+    }
+
+    pub fn count_queue_timeout(&self) {
+        self.queue_timeouts.inc();
+    }
+
+    pub fn count_finished(&self) {
+        self.finished.inc();
+    }
+
+    pub fn count_unclaimed(&self) {
+        self.unclaimed.inc();
+    }
+
     /// Renders the Prometheus text format after setting the gauges from `gauges`.
     pub fn render(&self, gauges: &FleetGauges) -> String {
         self.agents_online.set(gauges.agents_online);
@@ -178,6 +237,7 @@ impl Metrics {
             .set(gauges.agents_offline);
         self.capacity_total_runners
             .set(gauges.capacity_total_runners);
+        self.queue_length.set(gauges.queue_length);
         for state in RunnerState::ALL {
             if state == RunnerState::Deleted {
                 continue;
@@ -220,6 +280,7 @@ mod tests {
             agents_offline: 1,
             capacity_total_runners: 4,
             runners_by_state: vec![(RunnerState::Running, 3)],
+            queue_length: 2,
         });
         for needle in [
             "shoesvz_agents_online 2",
@@ -231,6 +292,8 @@ mod tests {
             "shoesvz_runner_startup_duration_seconds_sum 1.5",
             "shoesvz_runner_phase_duration_seconds_count{phase=\"clone\"} 1",
             "shoesvz_requests_total{method=\"AddInstance\",code=\"ResourceExhausted\"} 1",
+            "shoesvz_queue_length 2",
+            "shoesvz_queue_wait_seconds_count 0",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

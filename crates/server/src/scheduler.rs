@@ -40,7 +40,10 @@ pub enum PlacementError {
 }
 
 /// Picks the ready agent with the most free slots among those whose template matches the
-/// labels and that have room for `spec`.
+/// labels and that have room for `spec`. A label matches a template's name, one of its
+/// labels, or the OS and arch labels every runner of it registers with (GitHub's `Linux`,
+/// `macOS`, `X64`, `ARM64`), all case-insensitively; ignored labels (myshoes' own) match
+/// anything.
 pub fn place(
     config: &SchedulerConfig,
     agents: &[AgentView],
@@ -113,7 +116,8 @@ fn serves(config: &SchedulerConfig, template: &TemplateRecord, wanted: &[String]
             || template
                 .labels
                 .iter()
-                .any(|l| l.eq_ignore_ascii_case(label))
+                .chain([&template.os, &template.arch])
+                .any(|l| !l.is_empty() && l.eq_ignore_ascii_case(label))
     })
 }
 
@@ -156,7 +160,10 @@ mod tests {
     use super::*;
 
     fn template(name: &str, labels: &[&str]) -> TemplateRecord {
+        let linux = name.contains("linux") || labels.contains(&"linux");
         TemplateRecord {
+            os: if linux { "Linux" } else { "macOS" }.into(),
+            arch: if linux { "X64" } else { "ARM64" }.into(),
             name: name.into(),
             version: "1".into(),
             backend: "test".into(),
@@ -300,6 +307,43 @@ mod tests {
         assert_eq!(plain.template, "guest");
         let warm = place(&config, &[a], &labels(&["linux", "warm"]), SMALL).expect("placed");
         assert_eq!(warm.template, "guest-warm");
+    }
+
+    #[test]
+    fn the_labels_myshoes_and_github_use_are_served() {
+        let a = agent(
+            0,
+            2,
+            vec![
+                template("macos-26", &["macos"]),
+                template("linux", &["linux"]),
+            ],
+        );
+        let config = SchedulerConfig::default();
+        let mut default_linux = config.clone();
+        default_linux.default_template = Some("linux".into());
+        for (request, expected) in [
+            (&["myshoes"][..], "linux"),
+            (&["dependabot"][..], "linux"),
+            (&["self-hosted", "MYSHOES", "Dependabot"][..], "linux"),
+            (&["self-hosted", "Linux", "X64"][..], "linux"),
+            (&["self-hosted", "linux", "x64"][..], "linux"),
+            (&["self-hosted", "macOS", "ARM64"][..], "macos-26"),
+        ] {
+            let placed = place(
+                &default_linux,
+                std::slice::from_ref(&a),
+                &labels(request),
+                SMALL,
+            )
+            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+            assert_eq!(placed.template, expected, "{request:?}");
+        }
+        let arm_linux = place(&config, &[a], &labels(&["Linux", "ARM64"]), SMALL);
+        assert!(
+            matches!(arm_linux, Err(PlacementError::NeverFits(_))),
+            "{arm_linux:?}"
+        );
     }
 
     #[test]

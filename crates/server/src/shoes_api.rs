@@ -143,7 +143,11 @@ fn runner_info(r: &RunnerRecord, agent_hostname: &str) -> pb::RunnerInfo {
             boot_to_ssh_ms: t.boot_to_ssh_ms.unwrap_or(0),
             setup_ms: t.setup_ms.unwrap_or(0),
             startup_ms: t.startup_ms.unwrap_or(0),
+            queue_ms: t.queue_ms.unwrap_or(0),
         }),
         labels: r.labels.clone(),
+        end_reason: r.end_reason.clone(),
+        job_started_at_ms: r.job_started_at_ms.unwrap_or(0),
+        job_finished_at_ms: r.job_finished_at_ms.unwrap_or(0),
     }
 }

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 enum Op {
     InsertRunner(Box<RunnerRecord>, oneshot::Sender<Result<(), StoreError>>),
     UpdateRunner(Box<RunnerRecord>),
+    UpdateRunnerAcked(Box<RunnerRecord>, oneshot::Sender<Result<(), StoreError>>),
     UpsertAgent(Box<AgentRecord>),
     AgentOnline(AgentId, bool, i64),
     Flush(oneshot::Sender<()>),
@@ -39,19 +40,49 @@ impl StoreWriter {
         (StoreWriter { tx }, task)
     }
 
-    /// Inserts and waits until the row is durable: a runner is never pushed to an agent
-    /// before the store knows it.
-    pub async fn insert_runner(&self, record: RunnerRecord) -> Result<(), WriteError> {
+    /// Queues the insert now (before any later write of the runner) and returns a future
+    /// that resolves once the row is durable: a runner is never pushed to an agent before the
+    /// store knows it.
+    pub fn insert_runner(
+        &self,
+        record: RunnerRecord,
+    ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static {
         let (ack, done) = oneshot::channel();
-        self.tx
+        let sent = self
+            .tx
             .send(Op::InsertRunner(Box::new(record), ack))
-            .map_err(|_| WriteError::Stopped)?;
-        done.await.map_err(|_| WriteError::Stopped)??;
-        Ok(())
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(WriteError::Stopped);
+            }
+            done.await.map_err(|_| WriteError::Stopped)??;
+            Ok(())
+        }
     }
 
     pub fn update_runner(&self, record: RunnerRecord) {
         self.send(Op::UpdateRunner(Box::new(record)));
+    }
+
+    /// Queues an update like [`Self::update_runner`] (in order with every other write) and
+    /// returns a future that resolves once it is durable.
+    pub fn update_runner_durably(
+        &self,
+        record: RunnerRecord,
+    ) -> impl std::future::Future<Output = Result<(), WriteError>> + Send + 'static {
+        let (ack, done) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Op::UpdateRunnerAcked(Box::new(record), ack))
+            .is_ok();
+        async move {
+            if !sent {
+                return Err(WriteError::Stopped);
+            }
+            done.await.map_err(|_| WriteError::Stopped)??;
+            Ok(())
+        }
     }
 
     pub fn upsert_agent(&self, record: AgentRecord) {
@@ -84,6 +115,10 @@ async fn apply(store: &Store, op: Op) {
             return;
         }
         Op::UpdateRunner(record) => store.update_runner(&record).await,
+        Op::UpdateRunnerAcked(record, ack) => {
+            let _ = ack.send(store.update_runner(&record).await);
+            return;
+        }
         Op::UpsertAgent(record) => store.upsert_agent(&record).await,
         Op::AgentOnline(id, online, at_ms) => store.set_agent_online(&id, online, at_ms).await,
         Op::Flush(ack) => {

@@ -1,11 +1,13 @@
 //! The runner's private channel to its guest: the config disk (identity and secrets for this
 //! VM alone), the notify that tells the agent the guest is up, the identity refresh of a
-//! restored warm VM, and the guest's runner state.
+//! restored warm VM, the detached setup script, and following the job to its end.
 
+use super::job::{GuestRunner, JobTracker, Observation, SetupProgress, Verdict};
+use super::lifecycle::{LifecycleError, Work};
 use super::RunnerManager;
 use crate::guest_api::{GuestApi, GuestApiError};
 use crate::notify::GuestNotice;
-use crate::ssh;
+use crate::ssh::{self, detached, SshSession, SshTarget};
 use crate::template::{GuestAgent, Template};
 use russh::keys::PrivateKey;
 use shoes_vz_guest_config::{
@@ -42,6 +44,22 @@ pub enum GuestError {
     },
     #[error("the restored guest refused or missed its identity refresh")]
     Refresh(#[source] GuestApiError),
+    #[error("the guest's runner-agent did not start the setup script")]
+    Setup(#[source] GuestApiError),
+}
+
+/// How the agent follows a runner's job once its setup script runs.
+pub enum JobChannel {
+    /// The guest's runner-agent: the GitHub runner's state and the script's.
+    Guest(GuestApi),
+    /// No runner-agent: only the detached script's exit, asked over SSH.
+    Ssh(Box<SshJob>),
+}
+
+pub struct SshJob {
+    target: SshTarget,
+    /// Reopened when the connection is lost.
+    session: Option<SshSession>,
 }
 
 /// A runner's guest-side identity, written to its config disk.
@@ -150,24 +168,154 @@ impl RunnerManager {
         GuestApi::new(self.guest_channel.http.clone(), addr, token)
     }
 
-    /// Reports the GitHub runner's state (from the guest's runner-agent) whenever it changes.
-    pub(super) async fn watch_guest_state(self: &Arc<Self>, runner_id: &RunnerId, api: GuestApi) {
+    /// Starts the setup script so that it outlives this connection: through the runner-agent
+    /// (as root, its output in a bounded log in the guest) or, without one, detached over SSH.
+    pub(super) async fn start_setup(
+        &self,
+        work: &Work,
+        session: SshSession,
+        guest_api: Option<GuestApi>,
+        target: SshTarget,
+        within: Duration,
+    ) -> Result<JobChannel, LifecycleError> {
+        let shell = work.template.metadata.setup_program().to_string();
+        match guest_api {
+            Some(api) => {
+                session.close().await;
+                let request = shoes_vz_runner_agent::SetupRequest {
+                    script: work.setup_script.clone(),
+                    shell: Some(shell),
+                    user: None,
+                };
+                // Idempotent in the guest: an answer lost on the way is safe to ask again.
+                let deadline = tokio::time::Instant::now() + within;
+                let started = loop {
+                    match api.start_setup(&request).await {
+                        Ok(started) => break started,
+                        Err(error) if tokio::time::Instant::now() >= deadline => {
+                            return Err(GuestError::Setup(error).into())
+                        }
+                        Err(error) => {
+                            tracing::debug!(runner = %work.runner_id, error = %crate::error_chain(&error), "setup not started yet; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                };
+                tracing::info!(runner = %work.runner_id, pid = started.status.pid, "setup script started in the guest");
+                Ok(JobChannel::Guest(api))
+            }
+            None => {
+                tokio::time::timeout(
+                    within,
+                    detached::start(&session, &shell, work.setup_script.as_bytes()),
+                )
+                .await
+                .map_err(|_| LifecycleError::SetupTimeout(within))?
+                .map_err(LifecycleError::SetupTransport)?;
+                tracing::info!(runner = %work.runner_id, "setup script started over SSH");
+                Ok(JobChannel::Ssh(Box::new(SshJob {
+                    target,
+                    session: Some(session),
+                })))
+            }
+        }
+    }
+
+    /// Follows the job: reports the GitHub runner's state as it changes, and returns once the
+    /// runner has done its work (when reclaiming finished runners) or failed. Never returns
+    /// while the job runs, however long.
+    pub(super) async fn follow_job(
+        self: &Arc<Self>,
+        runner_id: &RunnerId,
+        mut job: JobChannel,
+    ) -> Verdict {
         let mut tick = tokio::time::interval(self.config.guest_status_interval);
-        let mut last: Option<String> = None;
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tracker = JobTracker::new(std::time::Instant::now(), self.config.max_job_duration);
+        let mut last_state: Option<GuestRunner> = None;
+        let mut finished_reported = false;
         loop {
             tick.tick().await;
-            match api.status().await {
-                Ok(status) => {
-                    let state = status.runner.state.as_str().to_string();
-                    if last.as_deref() != Some(state.as_str()) {
-                        tracing::info!(runner = %runner_id, guest_runner_state = %state, "guest runner state");
-                        let reported = state.clone();
-                        self.update(runner_id, |view| view.guest_runner_state = Some(reported));
-                        last = Some(state);
+            let Some(seen) = observe(&mut job).await else {
+                continue;
+            };
+            let verdict = tracker.observe(seen, std::time::Instant::now());
+            if seen.runner.is_some() && seen.runner != last_state {
+                last_state = seen.runner;
+                let state = seen.runner.map(GuestRunner::as_str).unwrap_or_default();
+                tracing::info!(runner = %runner_id, guest_runner_state = state, "guest runner state");
+                let job_started = tracker.job_started.map(|_| crate::now_ms());
+                let job_finished = tracker.job_finished.map(|_| crate::now_ms());
+                self.update(runner_id, |view| {
+                    view.guest_runner_state = Some(state.to_string());
+                    if view.job_started_at_ms.is_none() {
+                        view.job_started_at_ms = job_started;
+                    }
+                    if view.job_finished_at_ms.is_none() {
+                        view.job_finished_at_ms = job_finished;
+                    }
+                });
+            }
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Finished(reason) if !self.config.reclaim_finished => {
+                    if !finished_reported {
+                        finished_reported = true;
+                        tracing::info!(runner = %runner_id, reason = %reason, "runner finished; kept until deleted (reclaim_finished = false)");
                     }
                 }
+                verdict => return verdict,
+            }
+        }
+    }
+}
+
+/// One look at the guest; `None` when it cannot be asked right now (it is tried again).
+async fn observe(job: &mut JobChannel) -> Option<Observation> {
+    match job {
+        JobChannel::Guest(api) => match api.status().await {
+            Ok(status) => Some(Observation {
+                runner: GuestRunner::parse(status.runner.state.as_str()),
+                configured: status.runner.configured,
+                setup: match status.setup {
+                    Some(setup) if setup.state == shoes_vz_runner_agent::SetupState::Exited => {
+                        SetupProgress::Exited {
+                            code: setup.exit_code,
+                            signal: setup.signal,
+                        }
+                    }
+                    _ => SetupProgress::Running,
+                },
+            }),
+            Err(error) => {
+                tracing::debug!(error = %crate::error_chain(&error), "guest status unavailable");
+                None
+            }
+        },
+        JobChannel::Ssh(job) => {
+            let SshJob { target, session } = job.as_mut();
+            if session.is_none() {
+                *session = ssh::wait_ready(target, Duration::from_secs(10)).await.ok();
+            }
+            let polled = match session.as_ref() {
+                Some(open) => detached::poll(open).await,
+                None => return None,
+            };
+            match polled {
+                Ok(state) => Some(Observation {
+                    runner: None,
+                    configured: false,
+                    setup: match state {
+                        detached::DetachedState::Running => SetupProgress::Running,
+                        detached::DetachedState::Exited(code) => {
+                            SetupProgress::Exited { code, signal: None }
+                        }
+                    },
+                }),
                 Err(error) => {
-                    tracing::debug!(runner = %runner_id, error = %crate::error_chain(&error), "guest status unavailable")
+                    tracing::debug!(error = %crate::error_chain(&error), "cannot ask the guest over SSH; reconnecting");
+                    *session = None;
+                    None
                 }
             }
         }

@@ -1,10 +1,13 @@
-//! One task per runner: clone → boot → guest address → SSH ready → setup script → running,
-//! then wait for deletion; every stage under a timeout, any failure destroys the runner.
+//! One task per runner: clone → boot → guest address → SSH ready → setup script started
+//! (detached: it runs the GitHub runner for the job's whole life) → running → follow the job
+//! until it finishes (then reclaim the VM at once) or the server deletes it. Every stage up to
+//! running has a timeout; no timeout ends a job but the optional `max_job_duration`. Any
+//! failure destroys the runner.
 
 use super::guest::{wait_notice, GuestError};
+use super::job::Verdict;
 use super::RunnerManager;
 use crate::bundle::{self, Bundle, MachineIdentifier, RuntimeMetadata};
-use crate::guest_api::GuestApi;
 use crate::hypervisor::{HypervisorError, LinuxBootFiles, RestoreFrom, VmSpec};
 use crate::ssh::{self, SshError, SshTarget};
 use crate::template::Template;
@@ -20,7 +23,8 @@ pub struct Work {
     pub template: Template,
     pub vcpus: u32,
     pub memory_mib: u64,
-    /// Holds a GitHub registration token: fed over SSH stdin, never logged.
+    /// Holds a GitHub registration token: handed to the guest over its private channel (or
+    /// SSH stdin), never logged, never in argv.
     pub setup_script: String,
 }
 
@@ -40,10 +44,12 @@ pub enum LifecycleError {
     Hypervisor(#[from] HypervisorError),
     #[error("SSH never became ready")]
     SshNotReady(#[source] SshError),
-    #[error("the setup script could not run")]
+    #[error("the setup script could not be started over SSH")]
     SetupTransport(#[source] SshError),
-    #[error("the setup script exited with {0}; the runner was not registered")]
-    SetupFailed(String),
+    #[error("the setup script could not be started within {0:?}")]
+    SetupTimeout(Duration),
+    #[error("{0}")]
+    JobFailed(String),
     #[error("an internal task failed: {0}")]
     Internal(String),
     #[error("the host-guest channel failed")]
@@ -64,20 +70,29 @@ impl RunnerManager {
             _ = cancel.cancelled() => Err(LifecycleError::Cancelled),
             _ = vm_exit.cancelled() => Err(LifecycleError::VmExited(self.exit_detail(&runner_id))),
         };
-        // A guest that never came up cannot shut down politely: end it at once.
-        let graceful = outcome.is_ok();
+        // Only a runner the server deleted while it was live gets a polite stop; a finished or
+        // failed one is thrown away at once (its disks are discarded anyway).
+        let mut graceful = false;
         match outcome {
-            Ok(guest_api) => {
-                let watch_guest = async {
-                    match guest_api {
-                        Some(api) => self.watch_guest_state(&runner_id, api).await,
-                        None => std::future::pending().await,
-                    }
+            Ok(job) => {
+                let end = tokio::select! {
+                    _ = cancel.cancelled() => None,
+                    _ = vm_exit.cancelled() => Some(Verdict::Failed(
+                        LifecycleError::VmExited(self.exit_detail(&runner_id)).to_string(),
+                    )),
+                    verdict = self.follow_job(&runner_id, job) => Some(verdict),
                 };
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = vm_exit.cancelled() => self.fail(&runner_id, &LifecycleError::VmExited(self.exit_detail(&runner_id))),
-                    () = watch_guest => {}
+                match end {
+                    None => graceful = true,
+                    Some(Verdict::Finished(reason)) => {
+                        tracing::info!(runner = %runner_id, reason = %reason, "runner finished; reclaiming its VM");
+                        self.update(&runner_id, |view| view.end_reason = Some(reason));
+                    }
+                    Some(Verdict::Failed(reason)) => {
+                        self.update(&runner_id, |view| view.end_reason = Some(reason.clone()));
+                        self.fail(&runner_id, &LifecycleError::JobFailed(reason));
+                    }
+                    Some(Verdict::Continue) => graceful = true,
                 }
             }
             Err(LifecycleError::Cancelled) => {}
@@ -95,8 +110,8 @@ impl RunnerManager {
         });
     }
 
-    /// Brings the runner to running; returns the guest's API when its template has one.
-    async fn bring_up(&self, work: &Work) -> Result<Option<GuestApi>, LifecycleError> {
+    /// Brings the runner to running: its setup script started. Returns how to follow its job.
+    async fn bring_up(&self, work: &Work) -> Result<super::guest::JobChannel, LifecycleError> {
         let id = &work.runner_id;
         let timeouts = &self.config.timeouts;
         let client_key = Arc::new(ssh::generate_ed25519().map_err(LifecycleError::Keys)?);
@@ -181,7 +196,7 @@ impl RunnerManager {
         // The guest's address comes from its verified notify when it has a runner-agent; a
         // restored guest first gets this runner's identity, then notifies as this runner.
         let mut ip_address = endpoint.ip_address.clone();
-        let mut guest_api = None;
+        let mut guest_api: Option<crate::guest_api::GuestApi> = None;
         if let Some(mut guest) = guest {
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
             if endpoint.restored {
@@ -234,23 +249,9 @@ impl RunnerManager {
         });
 
         let setup_started = Instant::now();
-        let output = session
-            .run_script(
-                &work.template.metadata.setup_shell,
-                work.setup_script.as_bytes(),
-                timeouts.setup_script,
-                self.config.setup_output_limit,
-            )
-            .await
-            .map_err(LifecycleError::SetupTransport)?;
-        session.close().await;
-        if output.exit_status != Some(0) {
-            // Only the status: the output may echo the registration token.
-            let status = output
-                .exit_status
-                .map_or("no exit status".to_string(), |s| format!("status {s}"));
-            return Err(LifecycleError::SetupFailed(status));
-        }
+        let job = self
+            .start_setup(work, session, guest_api, target, timeouts.setup_start)
+            .await?;
         let setup_ms = millis(setup_started.elapsed());
         runtime.setup_ms = Some(setup_ms);
         bundle.write_runtime_metadata(&runtime)?;
@@ -258,7 +259,7 @@ impl RunnerManager {
             view.state = RunnerState::Running;
             view.timings.setup_ms = Some(setup_ms);
         });
-        Ok(guest_api)
+        Ok(job)
     }
 
     async fn tear_down(

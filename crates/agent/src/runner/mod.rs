@@ -2,10 +2,12 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`RunnerManager`]: slots, commands, reports, snapshots, shutdown.
-//! - [`lifecycle`]: one task per runner: clone → boot → SSH → setup → wait → tear down.
+//! - [`lifecycle`]: one task per runner: clone → boot → SSH → setup → follow the job → tear
+//!   down; [`job`]: when a runner's job is done (pure rules); [`guest`]: the host↔guest channel.
 //! - [`view`]: the per-runner record and how it is reported.
 
 pub mod guest;
+pub mod job;
 pub mod lifecycle;
 pub mod view;
 
@@ -196,6 +198,9 @@ impl RunnerManager {
                     created_at_ms: crate::now_ms(),
                     timings: PhaseTimes::default(),
                     warm_start_fallback: false,
+                    end_reason: None,
+                    job_started_at_ms: None,
+                    job_finished_at_ms: None,
                 },
                 cancel: CancellationToken::new(),
                 vm_exit: CancellationToken::new(),

@@ -30,6 +30,10 @@ pub struct RunnerView {
     pub timings: PhaseTimes,
     /// A warm restore failed and the VM booted cold.
     pub warm_start_fallback: bool,
+    /// Why the runner ended on its own (its job finished, its setup script failed…).
+    pub end_reason: Option<String>,
+    pub job_started_at_ms: Option<i64>,
+    pub job_finished_at_ms: Option<i64>,
 }
 
 impl RunnerView {
@@ -47,8 +51,15 @@ impl RunnerView {
             }),
             guest_runner_state: self.guest_runner_state.clone().unwrap_or_default(),
             warm_start_fallback: self.warm_start_fallback,
+            end_reason: self.end_reason.clone().unwrap_or_default(),
+            job_started_at_ms: unix_ms(self.job_started_at_ms),
+            job_finished_at_ms: unix_ms(self.job_finished_at_ms),
         }
     }
+}
+
+fn unix_ms(at: Option<i64>) -> u64 {
+    at.and_then(|ms| u64::try_from(ms).ok()).unwrap_or(0)
 }
 
 pub fn state_to_pb(state: RunnerState) -> pb::RunnerState {

@@ -443,6 +443,7 @@ mod tests {
             user: USER.to_owned(),
             workdir: workdir.path().to_path_buf(),
             bind: "127.0.0.1:0".parse()?,
+            env: Vec::new(),
         })
         .await?;
         let target = SshTarget {
@@ -631,6 +632,7 @@ mod tests {
             user: USER.to_owned(),
             workdir: workdir.path().to_path_buf(),
             bind: addr,
+            env: Vec::new(),
         };
         let late = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;

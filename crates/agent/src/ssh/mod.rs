@@ -2,11 +2,13 @@
 //!
 //! The agent generates a fresh client key per VM, waits for the guest's sshd with
 //! [`wait_ready`] (pinning the host key it provisioned, so a stale VM on a reused address
-//! is never mistaken for the new one), then feeds the runner setup script over stdin with
-//! [`SshSession::run_script`]. The script carries the runner registration token, so it
-//! is never put in argv, in logs or in error messages.
+//! is never mistaken for the new one), then runs commands over stdin with
+//! [`SshSession::run_script`], or starts a script that outlives the connection with
+//! [`detached`] (the setup script of a template without a runner-agent). A setup script
+//! carries the runner registration token, so it is never put in argv, logs or errors.
 
 mod client;
+pub mod detached;
 mod keys;
 
 use std::net::SocketAddr;
@@ -49,6 +51,11 @@ pub enum SshError {
     /// The readiness probe (`true`) ran but did not exit 0.
     #[error("the readiness probe on {addr} exited with {}, expected 0; the guest's shell is not usable yet", describe_status(*.exit_status))]
     ProbeFailed {
+        addr: SocketAddr,
+        exit_status: Option<u32>,
+    },
+    #[error("the launcher on {addr} did not start the script in the background ({}); check that the SSH user's home is writable and that sh, nohup, head and cat exist in the guest", describe_status(*.exit_status))]
+    LaunchFailed {
         addr: SocketAddr,
         exit_status: Option<u32>,
     },

@@ -39,7 +39,9 @@ impl FleetError {
             FleetError::NoCapacity(_) => Code::ResourceExhausted,
             FleetError::Unavailable(_) => Code::Unavailable,
             FleetError::Deadline(_) => Code::DeadlineExceeded,
-            FleetError::RunnerFailed(_) | FleetError::Internal(_) => Code::Internal,
+            // The runner is destroyed; a retry gets a new one, so myshoes must retry.
+            FleetError::RunnerFailed(_) => Code::Unavailable,
+            FleetError::Internal(_) => Code::Internal,
             FleetError::FailedPrecondition(_) => Code::FailedPrecondition,
         }
     }

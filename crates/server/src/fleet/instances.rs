@@ -1,15 +1,30 @@
-//! AddInstance and DeleteInstance: reserve a slot, push the command, wait for the agent's
-//! report (event-driven, under a deadline), and never leave a runner behind on failure.
+//! AddInstance and DeleteInstance.
+//!
+//! AddInstance is idempotent per runner_name: a call naming a live runner attaches to it and
+//! gets the same answer as the first call; a call naming a queued request joins it. A new
+//! request is placed at once if there is room (and nobody queues before it), else it queues
+//! (see [`super::queue`]). A placed runner is recorded durably, then its create command is
+//! pushed to its agent by a launch task the fleet owns, so a caller that goes away never
+//! leaves a half-launched runner; the caller waits, event-driven, for ssh-ready.
+//!
+//! DeleteInstance answers as soon as the deletion is durably recorded; the agent tears the VM
+//! down meanwhile, and a restarted server carries the deletion out.
 
-use super::{delete_command, unix_micros, Fleet, FleetError, RunnerEntry};
+use super::claims::{QueueWaiter, RunnerWaiter};
+use super::queue::Placed;
+use super::{
+    delete_command, unix_micros, Fleet, FleetError, FleetState, RunnerEntry, RunnerSignal,
+};
 use crate::scheduler::{self, AgentView, PlacementError};
 use crate::store::{now_ms, RunnerRecord, Timings};
-use shoes_vz_model::{CloudId, ResourceType, RunnerId, RunnerName, RunnerState};
+use crate::writer::WriteError;
+use shoes_vz_model::{CloudId, ResourceSpec, ResourceType, RunnerId, RunnerName, RunnerState};
 use shoes_vz_protocol::agent::v1 as pb;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_LEN: usize = 256;
@@ -23,6 +38,16 @@ pub struct AddRequest {
     pub labels: Vec<String>,
 }
 
+/// A validated AddInstance request.
+pub struct AddPlan {
+    pub name: RunnerName,
+    /// Holds a GitHub registration token: never logged, never in an error.
+    pub setup_script: String,
+    pub labels: Vec<String>,
+    pub served: ResourceType,
+    pub spec: ResourceSpec,
+}
+
 #[derive(Debug, Clone)]
 pub struct AddOutcome {
     pub cloud_id: CloudId,
@@ -30,25 +55,10 @@ pub struct AddOutcome {
     pub resource_type: ResourceType,
 }
 
-/// Deletes the runner unless disarmed: runs when AddInstance fails, times out, or its caller
-/// goes away mid-wait (the handler future is dropped).
-struct AbandonGuard {
-    fleet: Arc<Fleet>,
-    runner_id: Option<RunnerId>,
-}
-
-impl AbandonGuard {
-    fn disarm(&mut self) {
-        self.runner_id = None;
-    }
-}
-
-impl Drop for AbandonGuard {
-    fn drop(&mut self) {
-        if let Some(id) = self.runner_id.take() {
-            self.fleet.request_delete(&id);
-        }
-    }
+/// Where an admitted call goes on waiting.
+enum Admission {
+    Runner(RunnerWaiter, watch::Receiver<RunnerSignal>),
+    Queued(QueueWaiter),
 }
 
 impl Fleet {
@@ -56,6 +66,45 @@ impl Fleet {
         self: &Arc<Self>,
         request: AddRequest,
     ) -> Result<AddOutcome, FleetError> {
+        let plan = Arc::new(self.plan_add(request)?);
+        let arrived = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.timeouts.add_instance;
+        let (waiter, mut signal) = match self.admit(&plan, arrived)? {
+            Admission::Runner(waiter, signal) => (waiter, signal),
+            Admission::Queued(queued) => self.wait_in_queue(queued).await?,
+        };
+        let cloud_id = waiter.runner_id().cloud_id();
+        let waited = tokio::time::timeout_at(
+            deadline,
+            wait_for(&mut signal, |s| {
+                s.state.is_ready()
+                    || matches!(
+                        s.state,
+                        RunnerState::Error | RunnerState::TearingDown | RunnerState::Deleted
+                    )
+            }),
+        )
+        .await;
+        match waited {
+            Ok(seen) if seen.state.is_ready() => Ok(self.answer(waiter.runner_id())),
+            Ok(seen) => {
+                let detail = if seen.error.is_empty() {
+                    format!("it became {}", seen.state)
+                } else {
+                    seen.error
+                };
+                Err(FleetError::RunnerFailed(format!(
+                    "runner {cloud_id} failed before SSH was ready and is being destroyed: {detail}"
+                )))
+            }
+            Err(_) => Err(FleetError::Deadline(format!(
+                "runner {cloud_id} was not ssh-ready within {:?}; it goes on booting, and a retry with the same runner_name waits for it",
+                self.config.timeouts.add_instance
+            ))),
+        }
+    }
+
+    fn plan_add(&self, request: AddRequest) -> Result<AddPlan, FleetError> {
         let name = RunnerName::parse(&request.runner_name)
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
         validate_labels(&request.labels)?;
@@ -72,221 +121,347 @@ impl Fleet {
             .resources
             .resolve(requested)
             .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        Ok(AddPlan {
+            name,
+            setup_script: request.setup_script,
+            labels: request.labels,
+            served,
+            spec,
+        })
+    }
 
-        let runner_id = RunnerId::generate();
-        let (record, mut state_rx) = {
-            let mut state = self.lock();
-            if let Some(existing) = state.names.get(name.as_str()) {
-                return Err(FleetError::AlreadyExists(format!(
-                    "runner_name {name} is already in use by {}; delete it first",
-                    existing.cloud_id()
+    /// Attaches to the live runner or queued call of the same name, places the request, or
+    /// queues it.
+    fn admit(
+        self: &Arc<Self>,
+        plan: &Arc<AddPlan>,
+        arrived: Instant,
+    ) -> Result<Admission, FleetError> {
+        let mut state = self.lock();
+        let attach_to = state.names.get(plan.name.as_str()).cloned();
+        if let Some(runner_id) = attach_to {
+            if let Some(entry) = state.runners.get_mut(&runner_id) {
+                entry.waiters += 1;
+                entry.unclaimed_since = None;
+                tracing::info!(runner = %runner_id, runner_name = %plan.name, "AddInstance retried: attached to the runner of the same name");
+                let signal = entry.signal.subscribe();
+                return Ok(Admission::Runner(
+                    RunnerWaiter::counted(self, runner_id),
+                    signal,
+                ));
+            }
+        }
+        if let Some((queue_id, placed)) = state.queue.join(plan.name.as_str()) {
+            tracing::info!(runner_name = %plan.name, "AddInstance retried: joined the queued request of the same name");
+            return Ok(Admission::Queued(QueueWaiter::new(self, queue_id, placed)));
+        }
+        if state.queue.is_empty() {
+            match self.try_place(&state, plan) {
+                Ok(placement) => {
+                    let runner_id = self.create_runner(&mut state, plan, placement, 1, arrived);
+                    let signal = state
+                        .runners
+                        .get(&runner_id)
+                        .map(|e| e.signal.subscribe())
+                        .ok_or_else(|| FleetError::Internal("a placed runner vanished".into()))?;
+                    return Ok(Admission::Runner(
+                        RunnerWaiter::counted(self, runner_id),
+                        signal,
+                    ));
+                }
+                Err(error @ PlacementError::NeverFits(_)) => {
+                    return Err(FleetError::Invalid(error.to_string()))
+                }
+                Err(error @ PlacementError::NoAgents) => {
+                    return Err(FleetError::Unavailable(error.to_string()))
+                }
+                Err(PlacementError::NoRoomNow(_)) => {}
+            }
+        } else if let Err(error @ PlacementError::NeverFits(_)) = self.try_place(&state, plan) {
+            return Err(FleetError::Invalid(error.to_string()));
+        }
+        let (queue_id, placed) = state.queue.push(Arc::clone(plan), arrived);
+        tracing::info!(runner_name = %plan.name, queued = state.queue.waiting_calls(), "no room now; AddInstance queued");
+        // Room the earlier calls cannot use may still fit this one.
+        self.pump(&mut state);
+        Ok(Admission::Queued(QueueWaiter::new(self, queue_id, placed)))
+    }
+
+    /// Waits in the queue until the call is placed, up to `queue_wait`.
+    async fn wait_in_queue(
+        self: &Arc<Self>,
+        mut queued: QueueWaiter,
+    ) -> Result<(RunnerWaiter, watch::Receiver<RunnerSignal>), FleetError> {
+        let limit = self.config.timeouts.queue_wait;
+        let placed = tokio::time::timeout(limit, async {
+            queued
+                .placed()
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|placed| placed.clone())
+        })
+        .await;
+        let placed = match placed {
+            Ok(placed) => placed,
+            Err(_) => {
+                self.metrics.count_queue_timeout();
+                return Err(FleetError::NoCapacity(format!(
+                    "no slot for this request freed up within queue_wait ({limit:?}); every matching agent is full or offline"
                 )));
             }
-            let views = agent_views(&state);
-            let placement = scheduler::place(&self.config.scheduler, &views, &request.labels, spec)
-                .map_err(|e| match e {
-                    PlacementError::NeverFits(_) => FleetError::Invalid(e.to_string()),
-                    PlacementError::NoRoomNow(_) => FleetError::NoCapacity(e.to_string()),
-                    PlacementError::NoAgents => FleetError::Unavailable(e.to_string()),
-                })?;
-            let now = now_ms();
-            let record = RunnerRecord {
-                runner_id: runner_id.clone(),
-                runner_name: name.to_string(),
-                agent_id: placement.agent_id,
-                template: placement.template,
-                resource_type: served,
-                vcpus: spec.vcpus,
-                memory_mib: spec.memory_mib,
-                labels: request.labels.clone(),
-                state: RunnerState::Creating,
-                delete_requested: false,
-                ip_address: String::new(),
-                guest_runner_state: String::new(),
-                error: String::new(),
-                created_at_ms: now,
-                updated_at_ms: now,
-                timings: Timings::default(),
-            };
-            let (state_tx, state_rx) = watch::channel(RunnerState::Creating);
-            state.names.insert(name.to_string(), runner_id.clone());
-            state.runners.insert(
-                runner_id.clone(),
-                RunnerEntry {
-                    record: record.clone(),
-                    state_tx,
-                    fallback_counted: false,
-                },
-            );
-            (record, state_rx)
         };
-        let deadline = Instant::now() + self.config.timeouts.add_instance;
-        let mut guard = AbandonGuard {
-            fleet: Arc::clone(self),
-            runner_id: Some(runner_id.clone()),
-        };
-        tracing::info!(runner = %runner_id, runner_name = %name, agent = %record.agent_id, template = %record.template, resource_type = %served, "runner placed");
-
-        if let Err(error) = self.writer.insert_runner(record.clone()).await {
-            guard.disarm();
-            let mut state = self.lock();
-            self.forget(&mut state, &runner_id);
-            return Err(FleetError::Unavailable(format!(
-                "cannot record the runner: {error}"
-            )));
-        }
-        let create = pb::ServerMessage {
-            message: Some(pb::server_message::Message::CreateRunner(
-                pb::CreateRunner {
-                    runner_id: runner_id.to_string(),
-                    runner_name: name.to_string(),
-                    setup_script: request.setup_script,
-                    template: record.template.clone(),
-                    vcpus: spec.vcpus,
-                    memory_mib: spec.memory_mib,
-                },
-            )),
-            sent_at_unix_us: unix_micros(),
-        };
-        let pushed = {
-            let mut state = self.lock();
-            let pushed = state
-                .agents
-                .get(&record.agent_id)
-                .is_some_and(|a| a.push(create));
-            if !pushed {
-                self.finish_without_agent(
-                    &mut state,
-                    &runner_id,
-                    "the agent disconnected before the create command reached it",
-                );
-            }
-            pushed
-        };
-        if !pushed {
-            guard.disarm();
-            return Err(FleetError::Unavailable(
-                "the chosen agent disconnected before the runner could be created; retry".into(),
-            ));
-        }
-
-        let waited = tokio::time::timeout_at(
-            deadline,
-            wait_for(&mut state_rx, |s| {
-                s.is_ready()
-                    || !s.holds_slot()
-                    || s == RunnerState::Error
-                    || s == RunnerState::TearingDown
-            }),
-        )
-        .await;
-        match waited {
-            Ok(state) if state.is_ready() => {
-                guard.disarm();
-                let ip_address = self
+        match placed {
+            Some(Placed::Runner(runner_id)) => {
+                let signal = self
                     .lock()
                     .runners
                     .get(&runner_id)
-                    .map(|e| e.record.ip_address.clone())
-                    .unwrap_or_default();
-                Ok(AddOutcome {
-                    cloud_id: runner_id.cloud_id(),
-                    ip_address,
-                    resource_type: served,
-                })
+                    .map(|e| e.signal.subscribe());
+                let waiter = queued.into_runner_waiter(runner_id.clone());
+                let signal = signal.ok_or_else(|| {
+                    FleetError::Unavailable(format!(
+                        "runner {} was placed but is already gone; retry",
+                        runner_id.cloud_id()
+                    ))
+                })?;
+                Ok((waiter, signal))
             }
-            Ok(state) => {
-                let detail = self
-                    .runner_error(&runner_id)
-                    .unwrap_or_else(|| format!("it became {state}"));
-                Err(FleetError::RunnerFailed(format!(
-                    "runner {} failed before SSH was ready and was destroyed: {detail}",
-                    runner_id.cloud_id()
-                )))
-            }
-            Err(_) => Err(FleetError::Deadline(format!(
-                "runner {} was not ssh-ready within {:?}; it is being destroyed",
-                runner_id.cloud_id(),
-                self.config.timeouts.add_instance
-            ))),
+            Some(Placed::Refused(reason)) => Err(FleetError::Invalid(reason)),
+            None => Err(FleetError::Unavailable(
+                "the server is shutting down; retry".into(),
+            )),
         }
     }
 
+    pub(super) fn try_place(
+        &self,
+        state: &FleetState,
+        plan: &AddPlan,
+    ) -> Result<scheduler::Placement, PlacementError> {
+        let views = agent_views(state);
+        scheduler::place(&self.config.scheduler, &views, &plan.labels, plan.spec)
+    }
+
+    /// Records a placed runner (counting `waiters` callers on it) and launches it: the store
+    /// insert is queued now, in order before any later write of it, and a fleet-owned task
+    /// pushes the create command once the insert is durable.
+    pub(super) fn create_runner(
+        &self,
+        state: &mut FleetState,
+        plan: &AddPlan,
+        placement: scheduler::Placement,
+        waiters: usize,
+        arrived: Instant,
+    ) -> RunnerId {
+        let runner_id = RunnerId::generate();
+        let now = now_ms();
+        let queue_ms = u64::try_from(arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.metrics.observe_queue_wait(queue_ms);
+        let record = RunnerRecord {
+            runner_id: runner_id.clone(),
+            runner_name: plan.name.to_string(),
+            agent_id: placement.agent_id,
+            template: placement.template,
+            resource_type: plan.served,
+            vcpus: plan.spec.vcpus,
+            memory_mib: plan.spec.memory_mib,
+            labels: plan.labels.clone(),
+            state: RunnerState::Creating,
+            delete_requested: false,
+            answered: false,
+            ip_address: String::new(),
+            guest_runner_state: String::new(),
+            error: String::new(),
+            end_reason: String::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            timings: Timings {
+                queue_ms: Some(queue_ms),
+                ..Timings::default()
+            },
+            job_started_at_ms: None,
+            job_finished_at_ms: None,
+        };
+        tracing::info!(runner = %runner_id, runner_name = %plan.name, agent = %record.agent_id, template = %record.template, resource_type = %plan.served, "runner placed");
+        let inserted = self.writer.insert_runner(record.clone());
+        let mut entry = RunnerEntry::new(record);
+        entry.waiters = waiters;
+        state.names.insert(plan.name.to_string(), runner_id.clone());
+        state.runners.insert(runner_id.clone(), entry);
+        let create = pb::CreateRunner {
+            runner_id: runner_id.to_string(),
+            runner_name: plan.name.to_string(),
+            setup_script: plan.setup_script.clone(),
+            template: state
+                .runners
+                .get(&runner_id)
+                .map(|e| e.record.template.clone())
+                .unwrap_or_default(),
+            vcpus: plan.spec.vcpus,
+            memory_mib: plan.spec.memory_mib,
+        };
+        match self.me.upgrade() {
+            Some(fleet) => {
+                let id = runner_id.clone();
+                self.tasks
+                    .spawn(async move { fleet.launch(id, inserted, create).await });
+            }
+            None => {
+                tracing::error!(runner = %runner_id, "the fleet is shutting down; the runner is not launched")
+            }
+        }
+        runner_id
+    }
+
+    async fn launch(
+        self: Arc<Self>,
+        runner_id: RunnerId,
+        inserted: impl Future<Output = Result<(), WriteError>>,
+        create: pb::CreateRunner,
+    ) {
+        if let Err(error) = inserted.await {
+            let mut state = self.lock();
+            tracing::error!(runner = %runner_id, error = %error, "cannot record a placed runner");
+            if let Some(entry) = state.runners.get_mut(&runner_id) {
+                entry.record.state = RunnerState::Deleted;
+                entry.record.error = format!(
+                    "the server could not record the runner in its state store ({error}); retry"
+                );
+                entry.publish();
+            }
+            self.forget(&mut state, &runner_id);
+            self.pump(&mut state);
+            return;
+        }
+        let message = pb::ServerMessage {
+            message: Some(pb::server_message::Message::CreateRunner(create)),
+            sent_at_unix_us: unix_micros(),
+        };
+        let mut state = self.lock();
+        let Some(entry) = state.runners.get(&runner_id) else {
+            return;
+        };
+        if entry.record.delete_requested {
+            self.finish_without_agent(
+                &mut state,
+                &runner_id,
+                "deleted before its create command was sent",
+            );
+            return;
+        }
+        let agent_id = entry.record.agent_id.clone();
+        let pushed = state.agents.get(&agent_id).and_then(|a| a.push(message));
+        match pushed {
+            Some(session) => {
+                if let Some(entry) = state.runners.get_mut(&runner_id) {
+                    entry.pushed_to_session = Some(session);
+                }
+            }
+            None => self.finish_without_agent(
+                &mut state,
+                &runner_id,
+                "the agent disconnected before the create command reached it; retry",
+            ),
+        }
+    }
+
+    /// Marks the runner answered (myshoes now holds its cloud_id) and returns the answer.
+    fn answer(&self, runner_id: &RunnerId) -> AddOutcome {
+        let mut state = self.lock();
+        let (ip_address, resource_type) = match state.runners.get_mut(runner_id) {
+            Some(entry) => {
+                if !entry.record.answered {
+                    entry.record.answered = true;
+                    entry.unclaimed_since = None;
+                    entry.record.updated_at_ms = now_ms();
+                    self.writer.update_runner(entry.record.clone());
+                }
+                (entry.record.ip_address.clone(), entry.record.resource_type)
+            }
+            None => (String::new(), ResourceType::Unknown),
+        };
+        AddOutcome {
+            cloud_id: runner_id.cloud_id(),
+            ip_address,
+            resource_type,
+        }
+    }
+
+    /// Answers once the deletion is durably recorded; the VM goes meanwhile. A runner that
+    /// ended on its own is released. Unknown or already deleted runners are NotFound.
     pub async fn delete_instance(&self, cloud_id: &str) -> Result<(), FleetError> {
         let cloud_id = CloudId::parse(cloud_id).map_err(|e| FleetError::NotFound(e.to_string()))?;
         let runner_id = cloud_id.runner_id();
-        let Some((mut state_rx, agent_ready)) = self.request_delete(&runner_id) else {
-            self.writer.flush().await;
-            return match self.store.get_runner(&runner_id).await {
-                Ok(Some(_)) => Err(FleetError::NotFound(format!(
-                    "runner {cloud_id} is already deleted"
-                ))),
-                Ok(None) => Err(FleetError::NotFound(format!(
-                    "runner {cloud_id} was never issued by this server"
-                ))),
-                Err(e) => Err(FleetError::Unavailable(format!(
-                    "cannot read the state store: {e}"
-                ))),
-            };
+        let recorded = {
+            let mut state = self.lock();
+            self.request_delete(&mut state, &runner_id)
         };
-        if !agent_ready {
-            tracing::info!(runner = %runner_id, "agent offline; deletion recorded and sent when it reconnects");
-            return Ok(());
+        if let Some(recorded) = recorded {
+            return recorded.await.map_err(|error| {
+                FleetError::Unavailable(format!(
+                    "the deletion of {cloud_id} could not be recorded ({error}); retry"
+                ))
+            });
         }
-        let timeout = self.config.timeouts.delete_instance;
-        match tokio::time::timeout(timeout, wait_for(&mut state_rx, |s| s == RunnerState::Deleted)).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(FleetError::Deadline(format!(
-                "runner {cloud_id} was not destroyed within {timeout:?}; its deletion stays recorded, retry to wait again"
+        self.writer.flush().await;
+        match self.store.get_runner(&runner_id).await {
+            Ok(Some(_)) => Err(FleetError::NotFound(format!(
+                "runner {cloud_id} is already deleted"
+            ))),
+            Ok(None) => Err(FleetError::NotFound(format!(
+                "runner {cloud_id} was never issued by this server"
+            ))),
+            Err(e) => Err(FleetError::Unavailable(format!(
+                "cannot read the state store: {e}"
             ))),
         }
     }
 
-    /// Records that a runner must go and tells its agent. Returns a watch on its state and
-    /// whether the agent can act now, or `None` when the runner is already gone.
-    pub(crate) fn request_delete(
+    /// Records that a runner must go and tells its agent (now, or when it reconnects).
+    /// Returns a future that resolves once the record is durable, or `None` when the fleet
+    /// does not hold the runner. A runner that already ended is released.
+    pub(super) fn request_delete(
         &self,
+        state: &mut FleetState,
         runner_id: &RunnerId,
-    ) -> Option<(watch::Receiver<RunnerState>, bool)> {
-        let mut state = self.lock();
+    ) -> Option<impl Future<Output = Result<(), WriteError>> + Send + 'static> {
         let entry = state.runners.get_mut(runner_id)?;
-        if !entry.record.delete_requested {
-            entry.record.delete_requested = true;
-            entry.record.updated_at_ms = now_ms();
-            self.writer.update_runner(entry.record.clone());
+        entry.record.delete_requested = true;
+        entry.record.updated_at_ms = now_ms();
+        let recorded = self.writer.update_runner_durably(entry.record.clone());
+        if entry.record.state == RunnerState::Deleted {
+            self.forget(state, runner_id);
+            return Some(recorded);
         }
-        let receiver = entry.state_tx.subscribe();
+        entry.publish();
         let agent_id = entry.record.agent_id.clone();
+        super::release_name(state, runner_id);
         let pushed = state
             .agents
             .get(&agent_id)
-            .is_some_and(|a| a.ready() && a.push(delete_command(runner_id)));
-        Some((receiver, pushed))
-    }
-
-    fn runner_error(&self, runner_id: &RunnerId) -> Option<String> {
-        let state = self.lock();
-        let error = state
-            .runners
-            .get(runner_id)
-            .map(|e| e.record.error.clone())?;
-        (!error.is_empty()).then_some(error)
+            .filter(|a| a.ready())
+            .and_then(|a| a.push(delete_command(runner_id)));
+        if pushed.is_none() {
+            tracing::info!(runner = %runner_id, "agent offline; deletion recorded and sent when it reconnects");
+        }
+        Some(recorded)
     }
 }
 
-/// Waits until the watched state satisfies `done`; the last value counts when the runner is
-/// forgotten (its sender dropped).
+/// Waits until the watched value satisfies `done`; the last value counts when the sender is
+/// dropped (the runner was forgotten).
 async fn wait_for(
-    rx: &mut watch::Receiver<RunnerState>,
-    done: impl Fn(RunnerState) -> bool,
-) -> RunnerState {
+    rx: &mut watch::Receiver<RunnerSignal>,
+    done: impl Fn(&RunnerSignal) -> bool,
+) -> RunnerSignal {
     loop {
-        let current = *rx.borrow_and_update();
-        if done(current) {
+        let current = rx.borrow_and_update().clone();
+        if done(&current) {
             return current;
         }
         if rx.changed().await.is_err() {
-            return *rx.borrow();
+            return rx.borrow().clone();
         }
     }
 }
@@ -310,9 +485,12 @@ fn validate_labels(labels: &[String]) -> Result<(), FleetError> {
     Ok(())
 }
 
-fn agent_views(state: &super::FleetState) -> Vec<AgentView> {
+fn agent_views(state: &FleetState) -> Vec<AgentView> {
     let mut used: HashMap<&shoes_vz_model::AgentId, (u32, u32, u64)> = HashMap::new();
     for entry in state.runners.values() {
+        if !entry.record.state.holds_slot() {
+            continue;
+        }
         let slot = used.entry(&entry.record.agent_id).or_default();
         slot.0 += 1;
         slot.1 += entry.record.vcpus;

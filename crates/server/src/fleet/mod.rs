@@ -1,16 +1,26 @@
 //! The server's live view of agents and runners, and every decision made on it.
 //!
 //! # Layout
-//! - `mod.rs`: the state, its lock, loading from the store, views for the API and metrics.
+//! - `mod.rs`: the state, its lock, loading from the store, applying runner reports, views
+//!   for the API and metrics.
 //! - [`sessions`]: agent registration, Sync sessions, snapshots and reconciliation, liveness.
-//! - [`instances`]: AddInstance / DeleteInstance: reserve, push, wait, clean up.
+//! - [`instances`]: AddInstance / DeleteInstance: admit (attach, place or queue), launch,
+//!   wait, delete.
+//! - [`queue`]: AddInstance calls waiting for a free slot, first come first served.
+//! - [`claims`]: who waits for which runner, and runners nobody claimed.
 //! - [`error`]: errors and their gRPC codes.
 //!
 //! One `std::sync::Mutex` guards the state and is never held across an `.await`; store writes
 //! leave through the ordered [`StoreWriter`], commands through each agent's unbounded channel.
+//!
+//! A runner that ended on its own (its job finished, it failed) after myshoes got its
+//! cloud_id stays in memory, in state `deleted`, until myshoes' DeleteInstance releases it:
+//! that call then answers OK, as for any runner myshoes still holds.
 
+pub mod claims;
 pub mod error;
 pub mod instances;
+pub mod queue;
 pub mod sessions;
 
 use crate::config::ServerConfig;
@@ -24,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use error::FleetError;
 
@@ -34,15 +45,21 @@ pub struct Fleet {
     writer: StoreWriter,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// Runner launches (store insert, then the create command) outlive the AddInstance call
+    /// that caused them; the server waits for them on shutdown.
+    tasks: TaskTracker,
+    /// The fleet itself, for the tasks it starts from under its lock.
+    me: std::sync::Weak<Fleet>,
 }
 
 #[derive(Default)]
 struct FleetState {
     agents: HashMap<AgentId, AgentEntry>,
-    /// Every runner not yet deleted.
+    /// Every runner not yet released: live ones, and ended ones myshoes has not deleted.
     runners: HashMap<RunnerId, RunnerEntry>,
-    /// Runner names in use, so a retried AddInstance never makes a twin.
+    /// Runner names a retried AddInstance attaches to: live runners not being deleted.
     names: HashMap<String, RunnerId>,
+    queue: queue::AddQueue,
     next_session: u64,
 }
 
@@ -60,11 +77,68 @@ struct Session {
     cancel: CancellationToken,
 }
 
+/// What an AddInstance call waiting on a runner needs to see, published on every change (so
+/// the reason of a failure is read with the state that reports it, never after the runner is
+/// gone).
+#[derive(Debug, Clone)]
+pub struct RunnerSignal {
+    pub state: RunnerState,
+    pub ip_address: String,
+    /// The runner's first failure, without secrets.
+    pub error: String,
+}
+
+impl RunnerSignal {
+    fn of(record: &RunnerRecord) -> RunnerSignal {
+        RunnerSignal {
+            state: record.state,
+            ip_address: record.ip_address.clone(),
+            error: record.error.clone(),
+        }
+    }
+}
+
 struct RunnerEntry {
     record: RunnerRecord,
-    state_tx: watch::Sender<RunnerState>,
+    signal: watch::Sender<RunnerSignal>,
     /// The runner's warm-start fallback was counted (agents repeat it in every report).
     fallback_counted: bool,
+    /// AddInstance calls waiting for this runner now.
+    waiters: usize,
+    /// Since when nobody has waited for this never-answered runner; see [`claims`].
+    unclaimed_since: Option<Instant>,
+    /// The agent session its create command was pushed to; `None` until launched.
+    pushed_to_session: Option<u64>,
+}
+
+impl RunnerEntry {
+    fn new(record: RunnerRecord) -> RunnerEntry {
+        let (signal, _) = watch::channel(RunnerSignal::of(&record));
+        RunnerEntry {
+            record,
+            signal,
+            fallback_counted: false,
+            waiters: 0,
+            unclaimed_since: None,
+            pushed_to_session: None,
+        }
+    }
+
+    /// A retry under the runner's name may wait for it.
+    fn attachable(&self) -> bool {
+        !self.record.delete_requested
+            && matches!(
+                self.record.state,
+                RunnerState::Creating
+                    | RunnerState::Booting
+                    | RunnerState::SshReady
+                    | RunnerState::Running
+            )
+    }
+
+    fn publish(&self) {
+        self.signal.send_replace(RunnerSignal::of(&self.record));
+    }
 }
 
 impl AgentEntry {
@@ -72,23 +146,25 @@ impl AgentEntry {
         self.session.as_ref().is_some_and(|s| s.synced)
     }
 
-    /// Sends a command if the agent has a session; false when it cannot be delivered now.
-    fn push(&self, message: pb::ServerMessage) -> bool {
-        self.session
-            .as_ref()
-            .is_some_and(|s| s.commands.send(message).is_ok())
+    /// Sends a command if the agent has a session; the session's id, or `None` when it
+    /// cannot be delivered now.
+    fn push(&self, message: pb::ServerMessage) -> Option<u64> {
+        let session = self.session.as_ref()?;
+        session.commands.send(message).ok().map(|()| session.id)
     }
 }
 
 impl Fleet {
-    /// Loads agents (all offline until they reconnect) and live runners from the store.
+    /// Loads agents (all offline until they reconnect) and unreleased runners from the store.
+    /// Live runners never answered have lost their caller with the old process: their claim
+    /// grace starts now.
     pub async fn load(
         config: Arc<ServerConfig>,
         store: Store,
         writer: StoreWriter,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Result<Fleet, StoreError> {
+    ) -> Result<Arc<Fleet>, StoreError> {
         let mut state = FleetState::default();
         for mut record in store.list_agents().await? {
             record.online = false;
@@ -101,33 +177,35 @@ impl Fleet {
                 },
             );
         }
-        for record in store.list_runners(false).await? {
-            state
-                .names
-                .insert(record.runner_name.clone(), record.runner_id.clone());
-            let (state_tx, _) = watch::channel(record.state);
-            state.runners.insert(
-                record.runner_id.clone(),
-                RunnerEntry {
-                    record,
-                    state_tx,
-                    fallback_counted: false,
-                },
-            );
+        let now = Instant::now();
+        for record in store.list_unreleased_runners().await? {
+            let mut entry = RunnerEntry::new(record);
+            if entry.attachable() {
+                state.names.insert(
+                    entry.record.runner_name.clone(),
+                    entry.record.runner_id.clone(),
+                );
+                if !entry.record.answered {
+                    entry.unclaimed_since = Some(now);
+                }
+            }
+            state.runners.insert(entry.record.runner_id.clone(), entry);
         }
         tracing::info!(
             agents = state.agents.len(),
             runners = state.runners.len(),
             "loaded fleet state from the store"
         );
-        Ok(Fleet {
+        Ok(Arc::new_cyclic(|me| Fleet {
             state: Mutex::new(state),
             config,
             store,
             writer,
             metrics,
             shutdown,
-        })
+            tasks: TaskTracker::new(),
+            me: me.clone(),
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, FleetState> {
@@ -146,22 +224,23 @@ impl Fleet {
         &self.metrics
     }
 
-    /// Runners for operators: live ones from memory, deleted ones from the store.
+    /// Runners for operators: live ones from memory, the others from the store.
     pub async fn list_runners(
         &self,
         include_deleted: bool,
     ) -> Result<Vec<(RunnerRecord, String)>, FleetError> {
+        let live: HashMap<RunnerId, RunnerRecord> = {
+            let state = self.lock();
+            state
+                .runners
+                .values()
+                .filter(|e| include_deleted || e.record.state.holds_slot())
+                .map(|e| (e.record.runner_id.clone(), e.record.clone()))
+                .collect()
+        };
         let mut records: Vec<RunnerRecord> = if include_deleted {
             // Deleted runners are read back from the store: let queued writes land first.
             self.writer.flush().await;
-            let live: HashMap<RunnerId, RunnerRecord> = {
-                let state = self.lock();
-                state
-                    .runners
-                    .values()
-                    .map(|e| (e.record.runner_id.clone(), e.record.clone()))
-                    .collect()
-            };
             self.store
                 .list_runners(true)
                 .await
@@ -170,11 +249,7 @@ impl Fleet {
                 .map(|stored| live.get(&stored.runner_id).cloned().unwrap_or(stored))
                 .collect()
         } else {
-            self.lock()
-                .runners
-                .values()
-                .map(|e| e.record.clone())
-                .collect()
+            live.into_values().collect()
         };
         records.sort_by_key(|r| r.created_at_ms);
         let hostnames = self.hostnames();
@@ -195,7 +270,7 @@ impl Fleet {
         let record = match live {
             Some(record) => Some(record),
             None => {
-                // Not live: read it back from the store once queued writes have landed.
+                // Not in memory: read it back from the store once queued writes have landed.
                 self.writer.flush().await;
                 self.store.get_runner(id).await.map_err(|e| {
                     FleetError::Unavailable(format!("cannot read the state store: {e}"))
@@ -230,14 +305,21 @@ impl Fleet {
         }
         let mut by_state: HashMap<RunnerState, i64> = HashMap::new();
         for runner in state.runners.values() {
-            *by_state.entry(runner.record.state).or_default() += 1;
+            if runner.record.state.holds_slot() {
+                *by_state.entry(runner.record.state).or_default() += 1;
+            }
         }
         gauges.runners_by_state = by_state.into_iter().collect();
+        gauges.queue_length = i64::try_from(state.queue.waiting_calls()).unwrap_or(i64::MAX);
         gauges
     }
 
-    /// Waits until queued store writes are applied (used on shutdown and by tests).
+    /// Waits until queued store writes are applied and launches have finished (used on
+    /// shutdown and by tests).
     pub async fn flush(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
         self.writer.flush().await;
     }
 
@@ -270,16 +352,29 @@ impl Fleet {
             return true;
         }
         let record = &mut entry.record;
+        let before = record.clone();
         if !status.ip_address.is_empty() {
             record.ip_address.clone_from(&status.ip_address);
         }
-        if !status.error.is_empty() {
+        // The first failure is the cause; later reports describe its consequences.
+        if !status.error.is_empty() && record.error.is_empty() {
             record.error.clone_from(&status.error);
+        }
+        if !status.end_reason.is_empty() && record.end_reason.is_empty() {
+            record.end_reason.clone_from(&status.end_reason);
         }
         if !status.guest_runner_state.is_empty() {
             record
                 .guest_runner_state
                 .clone_from(&status.guest_runner_state);
+        }
+        for (slot, value) in [
+            (&mut record.job_started_at_ms, status.job_started_at_ms),
+            (&mut record.job_finished_at_ms, status.job_finished_at_ms),
+        ] {
+            if slot.is_none() && value > 0 {
+                *slot = i64::try_from(value).ok();
+            }
         }
         if let Some(timings) = &status.timings {
             self.merge_timings(&mut record.timings, timings);
@@ -294,14 +389,21 @@ impl Fleet {
             self.metrics.observe_startup(startup);
         }
         record.state = new_state;
+        if *record == before {
+            // Snapshots repeat what the server already has: nothing to write.
+            return true;
+        }
         record.updated_at_ms = now_ms();
         if old_state != new_state {
             tracing::info!(runner = %runner_id, from = %old_state, to = %new_state, "runner state changed");
         }
         self.writer.update_runner(record.clone());
-        entry.state_tx.send_replace(new_state);
+        entry.publish();
+        if !entry.attachable() {
+            release_name(state, &runner_id);
+        }
         if new_state == RunnerState::Deleted {
-            self.forget(state, &runner_id);
+            self.ended(state, &runner_id);
         }
         true
     }
@@ -330,27 +432,68 @@ impl Fleet {
         let Some(entry) = state.runners.get_mut(runner_id) else {
             return;
         };
+        if entry.record.state == RunnerState::Deleted {
+            return;
+        }
         let record = &mut entry.record;
         if record.state != RunnerState::Error {
             record.state = RunnerState::Error;
-            record.error = reason.to_string();
+            if record.error.is_empty() {
+                record.error = reason.to_string();
+            }
             record.updated_at_ms = now_ms();
             self.writer.update_runner(record.clone());
         }
         record.state = RunnerState::Deleted;
         record.updated_at_ms = now_ms();
         self.writer.update_runner(record.clone());
-        entry.state_tx.send_replace(RunnerState::Deleted);
+        entry.publish();
         tracing::warn!(runner = %runner_id, reason, "runner marked deleted without its agent");
-        self.forget(state, runner_id);
+        release_name(state, runner_id);
+        self.ended(state, runner_id);
+    }
+
+    /// A runner's VM is gone. If myshoes holds its cloud_id and has not deleted it, it stays
+    /// (in state `deleted`) until DeleteInstance releases it; otherwise it is forgotten. Its
+    /// slot is free either way: queued AddInstance calls get their turn.
+    fn ended(&self, state: &mut FleetState, runner_id: &RunnerId) {
+        let keep = state
+            .runners
+            .get(runner_id)
+            .is_some_and(|e| e.record.answered && !e.record.delete_requested);
+        if keep {
+            if let Some(entry) = state.runners.get(runner_id) {
+                if !entry.record.end_reason.is_empty() && entry.record.error.is_empty() {
+                    self.metrics.count_finished();
+                }
+            }
+        } else {
+            self.forget(state, runner_id);
+        }
+        self.pump(state);
     }
 
     fn forget(&self, state: &mut FleetState, runner_id: &RunnerId) {
-        if let Some(entry) = state.runners.remove(runner_id) {
-            if state.names.get(&entry.record.runner_name) == Some(runner_id) {
-                state.names.remove(&entry.record.runner_name);
+        if state.runners.remove(runner_id).is_some() {
+            release_name(state, runner_id);
+        }
+    }
+}
+
+/// Stops retries under the runner's name from attaching to it (it is failing, ending or
+/// being deleted): a retry then gets a new runner.
+fn release_name(state: &mut FleetState, runner_id: &RunnerId) {
+    let name = state
+        .runners
+        .get(runner_id)
+        .map(|e| e.record.runner_name.clone());
+    match name {
+        Some(name) => {
+            if state.names.get(&name) == Some(runner_id) {
+                state.names.remove(&name);
             }
         }
+        None => state.names.retain(|_, id| id != runner_id),
     }
 }
 

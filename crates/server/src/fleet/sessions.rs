@@ -3,7 +3,7 @@
 use super::{delete_command, AgentEntry, Fleet, FleetError, FleetState, Session};
 use crate::store::{now_ms, AgentRecord, TemplateRecord};
 use shoes_vz_model::ids::validate_name;
-use shoes_vz_model::{AgentId, RunnerId};
+use shoes_vz_model::{AgentId, RunnerId, RunnerState};
 use shoes_vz_protocol::agent::v1 as pb;
 use std::collections::HashSet;
 use std::time::Instant;
@@ -40,6 +40,8 @@ impl Fleet {
                 version: t.version,
                 backend: t.backend,
                 labels: t.labels,
+                os: t.os,
+                arch: t.arch,
                 max_vcpus: t.max_vcpus,
                 max_memory_mib: t.max_memory_mib,
             });
@@ -131,12 +133,17 @@ impl Fleet {
             Some(pb::agent_message::Message::Snapshot(snapshot)) => {
                 let first = !session.synced;
                 session.synced = true;
+                let session_id = session.id;
                 if first {
                     entry.record.online = true;
                     self.writer.agent_online(agent_id.clone(), true, now_ms());
                     tracing::info!(agent = %agent_id, runners = snapshot.runners.len(), "agent online; reconciling");
                 }
-                self.reconcile(&mut state, agent_id, &snapshot, first);
+                self.reconcile(&mut state, agent_id, session_id, &snapshot, first);
+                if first {
+                    // Its free slots can serve queued calls now.
+                    self.pump(&mut state);
+                }
             }
             Some(pb::agent_message::Message::RunnerUpdate(status)) => {
                 if !self.apply_status(&mut state, agent_id, &status) {
@@ -163,6 +170,17 @@ impl Fleet {
         }
     }
 
+    /// The server's once-a-second housekeeping: silent agents go offline, unclaimed runners
+    /// go, and queued calls get any room that appeared without an event.
+    pub fn tick(&self) {
+        self.expire_silent_agents();
+        self.expire_unclaimed();
+        let mut state = self.lock();
+        if !state.queue.is_empty() {
+            self.pump(&mut state);
+        }
+    }
+
     /// Ends the sessions of agents silent for longer than `agent_offline_after`.
     pub fn expire_silent_agents(&self) {
         let limit = self.config.timeouts.agent_offline_after;
@@ -184,11 +202,13 @@ impl Fleet {
 
     /// Brings the fleet and an agent's report together. Runners the server no longer wants
     /// are deleted on the agent; on a session's first snapshot, runners the agent no longer
-    /// has are marked lost and deleted (no create can be in flight before that snapshot).
+    /// has are marked lost and deleted. A runner whose create went to this very session may
+    /// cross its first snapshot, and one not launched yet is on no agent: neither is lost.
     fn reconcile(
         &self,
         state: &mut FleetState,
         agent_id: &AgentId,
+        session_id: u64,
         snapshot: &pb::Snapshot,
         first: bool,
     ) {
@@ -207,7 +227,15 @@ impl Fleet {
             if &entry.record.agent_id != agent_id {
                 continue;
             }
-            if first && !reported.contains(id) {
+            if !entry.record.state.holds_slot() {
+                continue;
+            }
+            let pushed_elsewhere = entry
+                .pushed_to_session
+                .is_some_and(|pushed| pushed != session_id);
+            let recovered =
+                entry.pushed_to_session.is_none() && entry.record.state != RunnerState::Creating;
+            if first && !reported.contains(id) && (pushed_elsewhere || recovered) {
                 lost.push(id.clone());
             } else if entry.record.delete_requested {
                 redelete.push(id.clone());
@@ -222,7 +250,7 @@ impl Fleet {
         }
         if let Some(agent) = state.agents.get(agent_id) {
             for id in redelete {
-                agent.push(delete_command(&id));
+                let _ = agent.push(delete_command(&id));
             }
         }
     }
@@ -236,7 +264,7 @@ impl Fleet {
         };
         tracing::warn!(agent = %agent_id, runner = %id, "agent has a runner the server does not want; deleting it");
         if let Some(agent) = state.agents.get(agent_id) {
-            agent.push(delete_command(&id));
+            let _ = agent.push(delete_command(&id));
         }
     }
 }

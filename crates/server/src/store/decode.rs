@@ -138,6 +138,10 @@ pub(crate) fn runner(row: &AnyRow) -> Result<RunnerRecord, StoreError> {
         labels: r.json("labels_json")?,
         state: r.parse("state")?,
         delete_requested: r.bool("delete_requested")?,
+        answered: r.bool("answered")?,
+        end_reason: r.get("end_reason")?,
+        job_started_at_ms: r.get("job_started_at_ms")?,
+        job_finished_at_ms: r.get("job_finished_at_ms")?,
         ip_address: r.get("ip_address")?,
         guest_runner_state: r.get("guest_runner_state")?,
         error: r.get("error")?,
@@ -149,6 +153,7 @@ pub(crate) fn runner(row: &AnyRow) -> Result<RunnerRecord, StoreError> {
             boot_to_ssh_ms: r.opt_u64("boot_to_ssh_ms")?,
             setup_ms: r.opt_u64("setup_ms")?,
             startup_ms: r.opt_u64("startup_ms")?,
+            queue_ms: r.opt_u64("queue_ms")?,
         },
     })
 }

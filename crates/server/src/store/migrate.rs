@@ -6,7 +6,13 @@ use super::error::StoreError;
 use super::{now_ms, Backend, Store};
 
 /// (version, SQL). Append only; never edit a released file, add a new one instead.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_initial.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_claims_and_job_times.sql"),
+    ),
+];
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version \
      (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)";

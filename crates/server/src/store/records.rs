@@ -25,6 +25,13 @@ pub struct TemplateRecord {
     pub version: String,
     pub backend: String,
     pub labels: Vec<String>,
+    /// GitHub's OS label for the guest (`Linux`, `macOS`), which every runner of it registers
+    /// with; empty from agents older than this field.
+    #[serde(default)]
+    pub os: String,
+    /// GitHub's arch label (`X64`, `ARM64`).
+    #[serde(default)]
+    pub arch: String,
     pub max_vcpus: u32,
     pub max_memory_mib: u64,
 }
@@ -42,12 +49,20 @@ pub struct RunnerRecord {
     pub labels: Vec<String>,
     pub state: RunnerState,
     pub delete_requested: bool,
+    /// An AddInstance call was answered with this runner: myshoes holds its cloud_id.
+    pub answered: bool,
     pub ip_address: String,
     pub guest_runner_state: String,
+    /// The first failure, without secrets; empty when none.
     pub error: String,
+    /// Why it ended on its own (its job finished, a limit, nobody claimed it); empty otherwise.
+    pub end_reason: String,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub timings: Timings,
+    /// When the guest reported its job running, and its runner finished.
+    pub job_started_at_ms: Option<i64>,
+    pub job_finished_at_ms: Option<i64>,
 }
 
 impl RunnerRecord {
@@ -65,6 +80,8 @@ pub struct Timings {
     pub boot_to_ssh_ms: Option<u64>,
     pub setup_ms: Option<u64>,
     pub startup_ms: Option<u64>,
+    /// How long the AddInstance waited for a free slot.
+    pub queue_ms: Option<u64>,
 }
 
 /// One entry of a runner's state history.

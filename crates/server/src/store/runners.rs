@@ -16,6 +16,7 @@ struct Columns {
     memory_mib: i64,
     labels_json: String,
     timings: [Option<i64>; 5],
+    queue_ms: Option<i64>,
 }
 
 impl Columns {
@@ -31,6 +32,7 @@ impl Columns {
                 opt_to_i64("setup_ms", t.setup_ms)?,
                 opt_to_i64("startup_ms", t.startup_ms)?,
             ],
+            queue_ms: opt_to_i64("queue_ms", t.queue_ms)?,
         })
     }
 
@@ -50,7 +52,14 @@ impl Columns {
             .bind(runner.guest_runner_state.as_str())
             .bind(runner.error.as_str())
             .bind(runner.updated_at_ms);
-        self.timings.iter().fold(query, |q, t| q.bind(*t))
+        self.timings
+            .iter()
+            .fold(query, |q, t| q.bind(*t))
+            .bind(i64::from(runner.answered))
+            .bind(runner.end_reason.as_str())
+            .bind(runner.job_started_at_ms)
+            .bind(runner.job_finished_at_ms)
+            .bind(self.queue_ms)
     }
 }
 
@@ -142,6 +151,17 @@ impl Store {
             sqlx::query(sql::LIST_LIVE_RUNNERS).bind(RunnerState::Deleted.as_str())
         };
         let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("list runners"))?;
+        rows.iter().map(decode::runner).collect()
+    }
+
+    /// Live runners and those ended on their own that myshoes has not deleted yet, oldest
+    /// first: what a starting server keeps in memory.
+    pub async fn list_unreleased_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {
+        let rows = sqlx::query(sql::LIST_UNRELEASED_RUNNERS)
+            .bind(RunnerState::Deleted.as_str())
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::query("list runners"))?;

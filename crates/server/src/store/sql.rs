@@ -17,13 +17,14 @@ pub const LIST_AGENTS: &str = "SELECT agent_id, hostname, backend, max_runners, 
      FROM agents ORDER BY registered_at_ms, agent_id";
 
 /// Columns of a runner row: the identity (runner_id, cloud_id, created_at_ms), then the
-/// mutable ones in the order `UPDATE_RUNNER` binds them as $2..$19.
+/// mutable ones in the order `UPDATE_RUNNER` binds them as $2..$24.
 macro_rules! runner_columns {
     () => {
         "runner_id, cloud_id, created_at_ms, runner_name, agent_id, template, resource_type, \
          vcpus, memory_mib, labels_json, state, delete_requested, ip_address, \
          guest_runner_state, error, updated_at_ms, clone_ms, boot_to_ip_ms, boot_to_ssh_ms, \
-         setup_ms, startup_ms"
+         setup_ms, startup_ms, answered, end_reason, job_started_at_ms, job_finished_at_ms, \
+         queue_ms"
     };
 }
 
@@ -31,7 +32,7 @@ pub const INSERT_RUNNER: &str = concat!(
     "INSERT INTO runners (",
     runner_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-     $17, $18, $19, $20, $21)"
+     $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
 );
 
 /// Overwrites the mutable columns; `runner_id` ($1) is the key, `cloud_id` and
@@ -40,7 +41,9 @@ pub const UPDATE_RUNNER: &str = "UPDATE runners SET runner_name = $2, agent_id =
      template = $4, resource_type = $5, vcpus = $6, memory_mib = $7, labels_json = $8, \
      state = $9, delete_requested = $10, ip_address = $11, guest_runner_state = $12, \
      error = $13, updated_at_ms = $14, clone_ms = $15, boot_to_ip_ms = $16, \
-     boot_to_ssh_ms = $17, setup_ms = $18, startup_ms = $19 WHERE runner_id = $1";
+     boot_to_ssh_ms = $17, setup_ms = $18, startup_ms = $19, answered = $20, \
+     end_reason = $21, job_started_at_ms = $22, job_finished_at_ms = $23, queue_ms = $24 \
+     WHERE runner_id = $1";
 
 pub const GET_RUNNER: &str = concat!(
     "SELECT ",
@@ -58,6 +61,16 @@ pub const LIST_LIVE_RUNNERS: &str = concat!(
     "SELECT ",
     runner_columns!(),
     " FROM runners WHERE state <> $1 ORDER BY created_at_ms, runner_id"
+);
+
+/// What a starting server keeps in memory: live runners, and runners that ended on their
+/// own after myshoes got their cloud_id and that myshoes has not deleted yet (its
+/// DeleteInstance still answers OK).
+pub const LIST_UNRELEASED_RUNNERS: &str = concat!(
+    "SELECT ",
+    runner_columns!(),
+    " FROM runners WHERE state <> $1 OR (answered = 1 AND delete_requested = 0) \
+     ORDER BY created_at_ms, runner_id"
 );
 
 /// The stored state, read inside a write transaction. SQLite already holds the database

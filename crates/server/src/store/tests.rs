@@ -28,6 +28,8 @@ fn agent(hostname: &str) -> AgentRecord {
         cpu_cores: 10,
         memory_mib: 32 * 1024,
         templates: vec![TemplateRecord {
+            os: "macOS".into(),
+            arch: "ARM64".into(),
             name: "macos-15".to_string(),
             version: "2025.01".to_string(),
             backend: "vz".to_string(),
@@ -54,12 +56,16 @@ fn runner(agent_id: &AgentId, created_at_ms: i64) -> RunnerRecord {
         labels: Vec::new(),
         state: RunnerState::Creating,
         delete_requested: false,
+        answered: false,
         ip_address: String::new(),
         guest_runner_state: String::new(),
         error: String::new(),
+        end_reason: String::new(),
         created_at_ms,
         updated_at_ms: created_at_ms,
         timings: Timings::default(),
+        job_started_at_ms: None,
+        job_finished_at_ms: None,
     }
 }
 
@@ -77,6 +83,10 @@ fn advance(mut r: RunnerRecord, agent_id: &AgentId) -> RunnerRecord {
     r.ip_address = "192.168.64.7".to_string();
     r.guest_runner_state = "listening".to_string();
     r.error = "not really".to_string();
+    r.answered = true;
+    r.end_reason = "the runner finished its job".to_string();
+    r.job_started_at_ms = Some(1_700_000_100_000);
+    r.job_finished_at_ms = Some(1_700_000_200_000);
     r.updated_at_ms += 5_000;
     r.timings = Timings {
         clone_ms: Some(0),
@@ -84,6 +94,7 @@ fn advance(mut r: RunnerRecord, agent_id: &AgentId) -> RunnerRecord {
         boot_to_ssh_ms: Some(2_345),
         setup_ms: None,
         startup_ms: Some(u64::try_from(i64::MAX).expect("fits")),
+        queue_ms: Some(17),
     };
     r
 }
@@ -309,6 +320,8 @@ async fn upserting_an_agent_twice_keeps_one_row_with_new_values() {
     a.hostname = "mac-1.local".to_string();
     a.max_runners = 1;
     a.templates.push(TemplateRecord {
+        os: "macOS".into(),
+        arch: "ARM64".into(),
         name: "ubuntu-24.04".to_string(),
         version: "1".to_string(),
         backend: "vz".to_string(),
@@ -352,8 +365,31 @@ async fn listing_without_deleted_hides_deleted_runners() {
     );
     assert_eq!(
         ids(store.list_runners(true).await.expect("all")),
-        vec![live.runner_id, gone.runner_id, failed.runner_id]
+        vec![
+            live.runner_id.clone(),
+            gone.runner_id.clone(),
+            failed.runner_id.clone()
+        ]
     );
+
+    // Ended on its own after an answer, not yet deleted by myshoes: kept at start.
+    let mut finished = runner(&agent_id, 4);
+    store.insert_runner(&finished).await.expect("insert");
+    finished.state = RunnerState::Deleted;
+    finished.answered = true;
+    store.update_runner(&finished).await.expect("finish");
+    let unreleased = || async { ids(store.list_unreleased_runners().await.expect("unreleased")) };
+    assert_eq!(
+        unreleased().await,
+        vec![
+            live.runner_id.clone(),
+            failed.runner_id.clone(),
+            finished.runner_id.clone()
+        ]
+    );
+    finished.delete_requested = true;
+    store.update_runner(&finished).await.expect("released");
+    assert_eq!(unreleased().await, vec![live.runner_id, failed.runner_id]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,7 +5,14 @@
 //! its API and notifies the agent, so the whole host↔guest handshake runs in the fast tests.
 //!
 //! It isolates nothing: commands "in the guest" run on the host as the agent's user, in the
-//! bundle's `guest-root/home/<user>`. Use it for tests, demos and scale runs only.
+//! bundle's `guest-root/home/<user>` (`SHOESVZ_GUEST_ROOT` in their environment names the
+//! fake root). Use it for tests, demos and scale runs only.
+//!
+//! Every process it starts for a runner is marked ([`marked`]), so stopping the "VM" ends
+//! them all, even detached ones, and an agent restarted after `kill -9` ends what the dead
+//! one left running.
+
+pub mod marked;
 
 use super::{GuestEndpoint, Hypervisor, HypervisorError, VmEvent, VmSpec};
 use crate::config::TestBackendConfig;
@@ -13,7 +20,7 @@ use crate::test_vm::{TestSshConfig, TestSshServer};
 use russh::keys::{PrivateKey, PublicKey};
 use shoes_vz_model::RunnerId;
 use shoes_vz_runner_agent::identity::IdentityOptions;
-use shoes_vz_runner_agent::{AgentOptions, RunningAgent as GuestAgent};
+use shoes_vz_runner_agent::{AgentOptions, RunningAgent as GuestAgent, SetupOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
@@ -69,6 +76,7 @@ impl TestBackend {
         let vm = self.vms().remove(runner_id);
         if let Some(vm) = vm {
             shut_down(vm).await;
+            marked::kill_all(runner_id).await;
             let _ = self.events.send(VmEvent::Exited {
                 runner_id: runner_id.clone(),
                 detail: "simulated crash".into(),
@@ -109,6 +117,7 @@ async fn boot_guest(
     root: PathBuf,
     config_disk: Option<PathBuf>,
 ) -> Result<(Guest, Endpoints), String> {
+    let env = ssh.env.clone();
     let mut agent = None;
     if let Some(disk) = config_disk {
         let options = AgentOptions {
@@ -119,6 +128,10 @@ async fn boot_guest(
             },
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             config_wait: Duration::from_secs(5),
+            setup: SetupOptions {
+                extra_env: env,
+                ..SetupOptions::default()
+            },
             ..AgentOptions::default()
         };
         let started = GuestAgent::start(options)
@@ -172,6 +185,13 @@ impl Hypervisor for TestBackend {
             user: spec.ssh_user.clone(),
             workdir,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            env: vec![
+                marked::marker(&spec.runner_id),
+                (
+                    "SHOESVZ_GUEST_ROOT".to_string(),
+                    root.to_string_lossy().into_owned(),
+                ),
+            ],
         };
         let delay = self.config.boot_delay;
         let never_ready = self.config.never_ready;
@@ -237,16 +257,32 @@ impl Hypervisor for TestBackend {
         }
     }
 
-    async fn stop(&self, runner_id: &RunnerId, _timeout: Duration) -> Result<(), HypervisorError> {
+    async fn stop(&self, runner_id: &RunnerId, timeout: Duration) -> Result<(), HypervisorError> {
+        // A graceful stop takes as long as a guest's shutdown would.
+        tokio::time::sleep(self.config.stop_delay.min(timeout)).await;
         let vm = self.vms().remove(runner_id);
         if let Some(vm) = vm {
             shut_down(vm).await;
         }
+        // What left the VM's process groups (a detached setup script and its runner).
+        marked::kill_all(runner_id).await;
         Ok(())
     }
 
-    async fn clean_leftover(&self, _bundle_dir: &Path) -> Result<(), HypervisorError> {
-        // Test VMs live inside the agent process: none can outlive it.
+    async fn clean_leftover(&self, bundle_dir: &Path) -> Result<(), HypervisorError> {
+        // The SSH server and the runner-agent died with the old agent process; what they
+        // started may not have.
+        let runner_id = bundle_dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(crate::bundle::BUNDLE_SUFFIX))
+            .and_then(|id| RunnerId::parse(id).ok());
+        if let Some(runner_id) = runner_id {
+            let killed = marked::kill_all(&runner_id).await;
+            if killed > 0 {
+                tracing::warn!(runner = %runner_id, killed, "ended processes an earlier agent left running");
+            }
+        }
         Ok(())
     }
 
