@@ -15,12 +15,14 @@ pub fn running_in_ci() -> bool {
 ///
 /// Outside CI this prints `SKIPPED: <what>; <how_to_get_it>` to stderr and the caller returns.
 /// In CI it panics with `prerequisite missing in CI: …`, failing the test.
+#[track_caller]
 pub fn prerequisite_missing(what: &str, how_to_get_it: &str) {
     prerequisite_missing_because(&format!("{what}; {how_to_get_it}"));
 }
 
 /// As [`prerequisite_missing`], for a reason that already says both what is missing and how to
 /// get it (e.g. `"qemu-system-x86_64 is not installed; run .ci/qemu-deps.sh"`).
+#[track_caller]
 pub fn prerequisite_missing_because(reason: &str) {
     let ci = std::env::var_os(CI_VAR);
     let ci = ci.as_deref().map(|v| v.to_str().unwrap_or("set"));
@@ -29,6 +31,7 @@ pub fn prerequisite_missing_because(reason: &str) {
 
 /// The policy with the `CI` value passed in, so it is testable without touching the process
 /// environment (tests run in parallel threads of one process).
+#[track_caller]
 fn skip_line_or_fail(ci: Option<&str>, reason: &str) -> String {
     if is_ci(ci) {
         panic!("prerequisite missing in CI: {reason} (outside CI this test would be SKIPPED)");
