@@ -344,7 +344,10 @@ mod tests {
     #[test]
     fn reflink_clones_share_extents_on_a_real_reflink_filesystem() {
         let Some(root) = std::env::var_os("SHOESVZ_TEST_REFLINK_DIR") else {
-            eprintln!("SKIPPED: reflink clone test; set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs (run .ci/reflink-fs.sh as root)");
+            shoes_vz_test_support::prerequisite_missing(
+                "reflink clone test",
+                "set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs (run .ci/reflink-fs.sh as root)",
+            );
             return;
         };
         let root = tempfile::tempdir_in(root).expect("tempdir on the reflink fs");

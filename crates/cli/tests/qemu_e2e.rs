@@ -215,7 +215,7 @@ async fn env() -> Option<&'static Env> {
     match ENV.get_or_init(prepare).await {
         Ok(env) => Some(env),
         Err(reason) => {
-            eprintln!("SKIPPED: {reason}");
+            shoes_vz_test_support::prerequisite_missing_because(reason);
             None
         }
     }

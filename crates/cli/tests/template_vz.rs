@@ -54,7 +54,10 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn import_tart_makes_a_template_the_agent_loads() {
     let Some(root) = std::env::var_os("SHOESVZ_TEST_REFLINK_DIR") else {
-        eprintln!("SKIPPED: import-tart CLI test; set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs/APFS (run .ci/reflink-fs.sh as root)");
+        shoes_vz_test_support::prerequisite_missing(
+            "import-tart CLI test",
+            "set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs/APFS (run .ci/reflink-fs.sh as root)",
+        );
         return;
     };
     let root = tempfile::tempdir_in(root).expect("tempdir on the reflink fs");
@@ -114,14 +117,18 @@ fn import_tart_makes_a_template_the_agent_loads() {
 /// Without reflink support the import fails with what to do, and leaves nothing behind.
 #[test]
 fn import_tart_never_falls_back_to_a_copy() {
-    let root = tempfile::tempdir().expect("tempdir");
-    if shoes_vz_agent::bundle::reflink_supported(root.path()) {
-        eprintln!(
-            "SKIPPED: the refusal path of import-tart; {} supports reflink (run on a filesystem without it, e.g. ext4 or tmpfs)",
-            root.path().display()
+    // The temp dir may support reflink (XFS on some hosts); tmpfs never does, so CI runs this.
+    let Some(root) = [std::env::temp_dir(), "/dev/shm".into()]
+        .into_iter()
+        .filter_map(|dir| tempfile::tempdir_in(dir).ok())
+        .find(|root| !shoes_vz_agent::bundle::reflink_supported(root.path()))
+    else {
+        shoes_vz_test_support::prerequisite_missing(
+            "the refusal path of import-tart; the temp dir and /dev/shm support reflink",
+            "run on a filesystem without it, e.g. ext4 or tmpfs (set TMPDIR)",
         );
         return;
-    }
+    };
     let vm = stage_fixture(root.path());
     let templates = root.path().join("templates");
     let output = import(&vm, &templates);

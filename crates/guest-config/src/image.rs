@@ -422,7 +422,10 @@ mod tests {
         {
             Ok(output) => output,
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                eprintln!("SKIPPED: fsck.fat not found; install dosfstools (`apt-get install dosfstools`)");
+                shoes_vz_test_support::prerequisite_missing(
+                    "fsck.fat not found",
+                    "install dosfstools (`apt-get install dosfstools`)",
+                );
                 return Ok(());
             }
             Err(err) => return Err(err.into()),

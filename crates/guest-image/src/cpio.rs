@@ -179,7 +179,10 @@ mod tests {
             .stdout(std::process::Stdio::piped())
             .spawn();
         let Ok(mut child) = child else {
-            eprintln!("SKIPPED: cpio is not installed; install cpio to cross-check the writer");
+            shoes_vz_test_support::prerequisite_missing(
+                "cpio is not installed",
+                "install cpio to cross-check the writer",
+            );
             return;
         };
         child

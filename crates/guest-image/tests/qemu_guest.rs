@@ -221,7 +221,10 @@ async fn the_bare_qemu_baseline_reaches_ssh() {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("ssh").is_file()));
     if !on_path {
-        eprintln!("SKIPPED: ssh is not installed; install openssh-client");
+        shoes_vz_test_support::prerequisite_missing(
+            "ssh is not installed",
+            "install openssh-client",
+        );
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
@@ -254,12 +257,13 @@ async fn the_bare_qemu_baseline_reaches_ssh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runner_agent_installs_keys_from_the_config_disk() {
     if let Some(reason) = tools_missing() {
-        eprintln!("SKIPPED: {reason}");
+        shoes_vz_test_support::prerequisite_missing_because(&reason);
         return;
     }
     let Some(agent_binary) = shoes_vz_guest_image::find_runner_agent() else {
-        eprintln!(
-            "SKIPPED: no shoes-vz-runner-agent binary; `cargo build -p shoes-vz-runner-agent`"
+        shoes_vz_test_support::prerequisite_missing(
+            "no shoes-vz-runner-agent binary",
+            "`cargo build -p shoes-vz-runner-agent`",
         );
         return;
     };

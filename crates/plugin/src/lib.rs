@@ -11,6 +11,7 @@
 //! - [`mapping`]: myshoes messages ↔ shoes-vz messages, and gRPC codes myshoes acts on.
 //! - [`shoes_service`]: the `whywaita.myshoes.Shoes` service.
 //! - [`controller`]: `plugin.GRPCController/Shutdown` (answer, then exit).
+//! - [`stdio`]: `plugin.GRPCStdio/StreamStdio` (an empty stream: nothing to mirror).
 //! - [`serve`]: listener, handshake line, the gRPC server, SIGINT ignored.
 //! - [`proto`]: the generated myshoes and go-plugin gRPC code.
 
@@ -23,6 +24,7 @@ pub mod logging;
 pub mod mapping;
 pub mod serve;
 pub mod shoes_service;
+pub mod stdio;
 
 /// Generated from `proto/` at build time.
 #[allow(clippy::all)]
@@ -31,7 +33,7 @@ pub mod proto {
     pub mod myshoes {
         tonic::include_proto!("whywaita.myshoes");
     }
-    /// `plugin`: go-plugin's controller service.
+    /// `plugin`: go-plugin's controller and stdio services.
     pub mod plugin {
         tonic::include_proto!("plugin");
     }

@@ -7,7 +7,9 @@ use crate::controller::Controller;
 use crate::handshake;
 use crate::proto::myshoes::shoes_server::ShoesServer;
 use crate::proto::plugin::grpc_controller_server::GrpcControllerServer;
+use crate::proto::plugin::grpc_stdio_server::GrpcStdioServer;
 use crate::shoes_service::ShoesPlugin;
+use crate::stdio::Stdio;
 use std::net::{Ipv4Addr, SocketAddr};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -48,6 +50,7 @@ pub async fn run(config: PluginConfig) -> Result<(), ServeError> {
         .add_service(health_service)
         .add_service(ShoesServer::new(ShoesPlugin::new(config)))
         .add_service(GrpcControllerServer::new(Controller::new()))
+        .add_service(GrpcStdioServer::new(Stdio))
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::pin!(server);
 

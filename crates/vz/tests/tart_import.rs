@@ -143,7 +143,10 @@ fn reflink_clone_never_falls_back_to_a_copy() {
 #[test]
 fn imports_copy_on_write_on_a_real_reflink_filesystem() {
     let Some(root) = std::env::var_os("SHOESVZ_TEST_REFLINK_DIR") else {
-        eprintln!("SKIPPED: reflink import test; set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs/APFS (run .ci/reflink-fs.sh as root)");
+        shoes_vz_test_support::prerequisite_missing(
+            "reflink import test",
+            "set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs/APFS (run .ci/reflink-fs.sh as root)",
+        );
         return;
     };
     let root = tempfile::tempdir_in(root).expect("tempdir on the reflink fs");

@@ -45,7 +45,7 @@ pub fn guest() -> Option<&'static Guest> {
     GUEST
         .get_or_init(|| {
             if let Some(reason) = tools_missing() {
-                eprintln!("SKIPPED: {reason}");
+                shoes_vz_test_support::prerequisite_missing_because(&reason);
                 return None;
             }
             Some(build_guest())

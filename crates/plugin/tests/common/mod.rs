@@ -1,11 +1,14 @@
 //! Shared by the plugin's integration tests: the plugin binary, a local shoes-vz cluster on the
-//! test backend, and the Go go-plugin client (built from Debian's packages at test time).
+//! test backend, and the Go go-plugin client myshoes uses (built from the kit at test time).
 #![allow(dead_code)]
+
+mod go_client;
 
 use serde_json::Value;
 use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
+use shoes_vz_test_support::prerequisite_missing_because;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -15,9 +18,6 @@ pub const COOKIE_KEY: &str = "SHOES_PLUGIN_MAGIC_COOKIE";
 pub const COOKIE_VALUE: &str = "are_you_a_shoes?";
 /// go-plugin's Kill() sends SIGKILL when the plugin has not exited this long after Shutdown.
 pub const GO_PLUGIN_KILL_ESCALATION_MS: u64 = 2000;
-
-/// Debian's GOPATH tree (golang-*-dev packages).
-const DEBIAN_GOPATH: &str = "/usr/share/gocode";
 
 pub async fn start_cluster(dir: &Path, agents: usize, max_runners: u32) -> LocalCluster {
     let mut options = ClusterOptions::new(dir, TOKEN);
@@ -33,83 +33,18 @@ pub async fn start_cluster(dir: &Path, agents: usize, max_runners: u32) -> Local
     cluster
 }
 
-/// The Go client, built once per test run; None (after a loud SKIPPED line) when Go, protoc
-/// or Debian's go-plugin packages are missing.
+/// The Go client, built once per test run from the myshoes client kit (go-plugin v1.7.0,
+/// grpc-go v1.77.0, vendored: no module download). `None` after [`prerequisite_missing`] (a
+/// loud SKIPPED line, or a failed test in CI) when the kit or a new enough Go is missing.
 pub fn go_client() -> Option<&'static Path> {
-    static CLIENT: OnceLock<Option<PathBuf>> = OnceLock::new();
-    CLIENT.get_or_init(build_go_client).as_deref()
-}
-
-fn missing_prerequisite() -> Option<String> {
-    for tool in ["go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !found {
-            return Some(format!("{tool} is not installed"));
+    static CLIENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match CLIENT.get_or_init(go_client::build) {
+        Ok(client) => Some(client),
+        Err(reason) => {
+            prerequisite_missing_because(reason);
+            None
         }
     }
-    for package in [
-        "github.com/hashicorp/go-plugin",
-        "google.golang.org/grpc",
-        "github.com/golang/protobuf",
-    ] {
-        if !Path::new(DEBIAN_GOPATH).join("src").join(package).is_dir() {
-            return Some(format!("{DEBIAN_GOPATH}/src/{package} is missing"));
-        }
-    }
-    None
-}
-
-fn build_go_client() -> Option<PathBuf> {
-    if let Some(reason) = missing_prerequisite() {
-        eprintln!("SKIPPED: go-plugin client not available ({reason}); run .ci/go-plugin-deps.sh");
-        return None;
-    }
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-client");
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-plugin-client");
-    let package = root.join("src/shoesvzgoclient");
-    let _ = std::fs::remove_dir_all(root.join("src"));
-    std::fs::create_dir_all(&package).expect("create the Go package dir");
-    std::fs::copy(source.join("main.go"), package.join("main.go")).expect("copy main.go");
-    let src = root.join("src");
-    let src = src.to_str().expect("utf-8 target dir");
-    run(Command::new("protoc")
-        .current_dir(&source)
-        .args([
-            "-I",
-            ".",
-            &format!("--go_out={src}"),
-            &format!("--go-grpc_out={src}"),
-        ])
-        .arg("myshoes.proto"));
-    let binary = root.join("go-client");
-    run(Command::new("go")
-        .current_dir(&package)
-        .env("GO111MODULE", "off")
-        .env(
-            "GOPATH",
-            format!("{}:{DEBIAN_GOPATH}", root.to_str().expect("utf-8")),
-        )
-        .env("GOCACHE", root.join("cache"))
-        .env("GOFLAGS", "")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg("."));
-    Some(binary)
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().expect("run a build tool");
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Runs the Go client against `server` (host:port) and returns its results, one per plugin
@@ -180,6 +115,29 @@ pub fn assert_plugin_behaved(result: &Value) {
         "no shutdown line in the plugin's log: {stderr}"
     );
     assert_hclog_lines(stderr);
+    assert_stdio_clean(result["host_log"].as_str().expect("host_log"));
+}
+
+/// go-plugin v1.7.0 opens `plugin.GRPCStdio/StreamStdio` on every connection and logs, under
+/// its `stdio` logger, a missing service (`Unimplemented`) or a broken stream (WARN/ERROR).
+/// Our stream ends cleanly, so none of that may appear in the host's trace-level log.
+pub fn assert_stdio_clean(host_log: &str) {
+    let stdio: Vec<&str> = host_log
+        .lines()
+        .filter(|line| line.contains(".stdio:"))
+        .collect();
+    assert!(
+        !stdio.is_empty(),
+        "no stdio lines in go-plugin's trace log: is it captured? {host_log}"
+    );
+    for line in stdio {
+        assert!(
+            !line.contains("[WARN]")
+                && !line.contains("[ERROR]")
+                && !line.contains("Unimplemented"),
+            "go-plugin logged a stdio problem: {line}"
+        );
+    }
 }
 
 /// Every stderr line is an hclog JSON line go-plugin can parse.

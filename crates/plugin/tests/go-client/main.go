@@ -2,8 +2,9 @@
 // exact client config, a fresh plugin process per call, then Kill(). It prints one JSON line
 // ({"results": [...]}) for crates/plugin/tests/go_plugin_compat.rs to check.
 //
-// Built by that test in GOPATH mode from Debian's Go packages (see .ci/go-plugin-deps.sh); the
-// myshoespb package is generated from myshoes.proto at build time.
+// Built by that test (tests/common/go_client.rs) as cmd/client of a copy of the myshoes client kit
+// (shared/myshoes-client-kit): go-plugin v1.7.0 and grpc-go v1.77.0 as myshoes v1.20.1 pins them,
+// vendored, and myshoes' own generated stubs (myshoespb).
 package main
 
 import (
@@ -23,7 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
-	pb "shoesvzgoclient/myshoespb"
+	pb "myshoesclient/myshoespb"
 )
 
 // myshoes' pkg/shoes: the plugin wrapper and its client.
@@ -72,6 +73,8 @@ type result struct {
 	Exited       bool   `json:"exited"`
 	PluginStderr string `json:"plugin_stderr"`
 	SyncStdout   string `json:"sync_stdout"`
+	// Everything go-plugin itself logged for this call, at trace level (hclog's text format).
+	HostLog string `json:"host_log"`
 }
 
 type options struct {
@@ -135,6 +138,7 @@ func runOne(o options) result {
 	}
 	res.PluginStderr = pluginStderr.String()
 	res.SyncStdout = syncStdout.String()
+	res.HostLog = log
 	return res
 }
 

@@ -550,9 +550,10 @@ async fn now_ms_is_unix_millis() {
 #[tokio::test]
 async fn postgres_round_trip() {
     let Ok(url) = std::env::var("SHOESVZ_TEST_POSTGRES_URL") else {
-        eprintln!(
-            "SKIPPED: postgres_round_trip did not run; set SHOESVZ_TEST_POSTGRES_URL \
-             (e.g. postgres://shoesvz:shoesvz@127.0.0.1:5432/shoesvz_test) to test PostgreSQL"
+        shoes_vz_test_support::prerequisite_missing(
+            "postgres_round_trip did not run",
+            "set SHOESVZ_TEST_POSTGRES_URL \
+             (e.g. postgres://shoesvz:shoesvz@127.0.0.1:5432/shoesvz_test) to test PostgreSQL",
         );
         return;
     };

@@ -136,7 +136,10 @@ mod tests {
     #[tokio::test]
     async fn a_verified_leftover_is_found_and_terminated() {
         let Ok(python) = which_python() else {
-            eprintln!("SKIPPED: python3 is not installed; it plays a leftover QEMU here");
+            shoes_vz_test_support::prerequisite_missing(
+                "python3 is not installed; it plays a leftover QEMU here",
+                "install python3 (`apt-get install python3`)",
+            );
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
