@@ -12,6 +12,8 @@
 //! - `identity`: authorized key, host key (+ post command), clock; user lookup; safe writes.
 //! - `notify`: the signed notify with backoff; `addrs`: the guest's addresses.
 //! - `http`: the API; `exec`: `/exec` commands; `runner_state`: `/status`'s runner state.
+//! - [`vsock`]: the same API on a virtio socket (`--vsock-port`), the host's private channel
+//!   under Virtualization.framework.
 
 pub mod addrs;
 pub mod agent;
@@ -21,6 +23,7 @@ mod http;
 pub mod identity;
 pub mod notify;
 pub mod runner_state;
+pub mod vsock;
 
 pub use agent::{
     load_config, run_once, AgentOptions, NotifyState, RefreshReport, RunningAgent, StartError,
