@@ -17,6 +17,10 @@ pub const DEFAULT_TEST_TEMPLATE: &str = "test-default";
 /// What a `nano` runner of a qemu cluster gets (and its warm template is saved with).
 pub const QEMU_GUEST_VCPUS: u32 = 1;
 pub const QEMU_GUEST_MEMORY_MIB: u64 = 256;
+/// The shape of a vz dev runner (`nano`): what `shoes-vz template warm-vz` warms by default,
+/// so a warm slot restores.
+pub const VZ_GUEST_VCPUS: u32 = 4;
+pub const VZ_GUEST_MEMORY_MIB: u64 = 8192;
 
 /// Builds the test guest (first use) and, when asked, its warm template; returns the
 /// cold template's name (the scheduler's default).
@@ -178,6 +182,15 @@ impl LocalCluster {
         };
         config.auth.token = Some(options.token.clone());
         config.timeouts.add_instance = options.add_instance_timeout;
+        if options.backend == BackendKind::Vz {
+            config.resources.types.insert(
+                ResourceType::Nano,
+                ResourceSpec {
+                    vcpus: VZ_GUEST_VCPUS,
+                    memory_mib: VZ_GUEST_MEMORY_MIB,
+                },
+            );
+        }
         if options.backend == BackendKind::Qemu {
             // The test guest is tiny: nano is the shape its warm template is saved with.
             config.resources.types.insert(
@@ -220,6 +233,8 @@ impl LocalCluster {
         if self.options.backend == BackendKind::Vz {
             // Guests notify through the NAT bridge, not loopback (docs/macos.md §5a).
             config.notify.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+            // Saved State warm slots made by `shoes-vz template warm-vz` (macOS 14+).
+            config.vz.warm_slots = self.options.warm;
             config.timeouts.boot_to_ip = Duration::from_secs(180);
             config.timeouts.boot_to_ssh = Duration::from_secs(240);
         }

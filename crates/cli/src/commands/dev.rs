@@ -83,7 +83,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     options.listen = args.listen;
     options.metrics_listen = Some(args.metrics_listen);
     options.backend = backend;
-    options.warm = args.warm && backend == BackendKind::Qemu;
+    options.warm = args.warm && matches!(backend, BackendKind::Qemu | BackendKind::Vz);
     options.agents = args.agents.max(1);
     options.max_runners_per_agent = args.max_runners;
     options.boot_delay = Duration::from_millis(args.boot_delay_ms);
@@ -124,16 +124,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             token: token.clone(),
         };
         let client = cluster.client().await?;
-        let os_label = if backend == BackendKind::Vz {
-            "macos"
-        } else {
-            "linux"
-        };
-        let mut paths = vec![(
-            "cold",
-            vec!["self-hosted".to_string(), os_label.to_string()],
-        )];
-        if cluster.options.warm {
+        let mut paths = vec![("cold", vec!["self-hosted".to_string(), "linux".to_string()])];
+        if backend == BackendKind::Vz {
+            // One template: its runners restore a warm slot when slots exist and --warm is
+            // on (vz.warm_slots), else boot cold.
+            let path = if cluster.options.warm { "warm" } else { "cold" };
+            paths = vec![(path, vec!["self-hosted".to_string()])];
+        } else if cluster.options.warm {
             paths.push(("warm", vec!["self-hosted".to_string(), "warm".to_string()]));
         }
         demo(&host, client, args.demo, &paths).await?;
