@@ -151,8 +151,27 @@ impl WarmVzArgs {
     }
 }
 
+/// VMs started as root fail on macOS 15+ (the VZ service needs the user's unlocked login
+/// keychain: tart#921, #1075); `template create` and `warm-vz` start VMs, so not under sudo.
+pub fn refuse_root(is_root: bool, macos: bool) -> anyhow::Result<()> {
+    if is_root && macos {
+        anyhow::bail!(
+            "do not run this as root (sudo): since macOS 15 Virtualization.framework refuses to \
+             start VMs for root (\"Failed to generate keypair\"); run it as the user that owns \
+             the VMs and the templates directory (docs/macos.md §5)"
+        );
+    }
+    Ok(())
+}
+
+fn running_as_root() -> bool {
+    use shoes_vz_agent::doctor::Probes;
+    shoes_vz_agent::doctor::SystemProbes.running_as_root()
+}
+
 /// Warms the template's slots one after another (one VM at a time).
 pub async fn warm_vz(args: WarmVzArgs) -> anyhow::Result<()> {
+    refuse_root(running_as_root(), cfg!(target_os = "macos"))?;
     let request = args.request()?;
     let warmed = shoes_vz_agent::hypervisor::vz::warm_template(&request).await?;
     for slot in &warmed {
@@ -240,6 +259,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     use shoes_vz_vz::ffi::{install_from_ipsw, IpswInstall};
     use shoes_vz_vz::template::TemplateInfo;
 
+    refuse_root(running_as_root(), cfg!(target_os = "macos"))?;
     let template = &args.template;
     let ipsw = if args.ipsw.as_os_str() == LATEST {
         fetch_latest(&template.templates_dir()).await?
@@ -373,6 +393,14 @@ mod tests {
             slot,
             boot_timeout: 60,
         }
+    }
+
+    #[test]
+    fn vm_commands_refuse_root_on_macos() {
+        let error = refuse_root(true, true).expect_err("root on a Mac");
+        assert!(error.to_string().contains("docs/macos.md"), "{error}");
+        refuse_root(false, true).expect("a normal user");
+        refuse_root(true, false).expect("off macOS the framework is absent anyway");
     }
 
     #[test]

@@ -224,6 +224,15 @@ impl Job<'_> {
                 after: self.request.boot_timeout,
             });
         }
+        // Restored runners are refreshed over vsock: the guest's runner-agent must listen there
+        // (`--vsock-port`) in the saved state, or every restore would fall back.
+        let remaining = self.request.boot_timeout.saturating_sub(started.elapsed());
+        vm.connect_vsock(shoes_vz_guest_config::VSOCK_PORT, remaining.max(Duration::from_secs(5)))
+            .await
+            .map_err(|e| {
+                tracing::error!(slot = %self.slot, "the guest's runner-agent does not listen on vsock port {}; install its LaunchDaemon with --vsock-port (docs/runner-agent.md)", shoes_vz_guest_config::VSOCK_PORT);
+                failed(e)
+            })?;
         let boot_to_ssh = started.elapsed();
         let saving = Instant::now();
         vm.pause(ffi::vm::QUICK_TIMEOUT).await.map_err(failed)?;
