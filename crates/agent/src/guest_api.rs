@@ -1,5 +1,8 @@
 //! Client for a guest's runner-agent HTTP API (`/status`, `/exec`, `/refresh`), authenticated
 //! with the runner's token. Every call has a timeout.
+//!
+//! Two transports: HTTP to the guest's address, or a backend's private [`GuestChannel`] (vz:
+//! vsock, which only the host reaches), through which secrets never cross a network.
 
 use shoes_vz_guest_config::{ApiToken, GuestConfig};
 use shoes_vz_runner_agent::{
@@ -7,6 +10,45 @@ use shoes_vz_runner_agent::{
 };
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// One request to the guest's runner-agent over a backend's private channel.
+pub struct ChannelRequest {
+    pub method: reqwest::Method,
+    pub path: &'static str,
+    /// Sent as `Authorization: Bearer …`; never logged.
+    pub token: ApiToken,
+    /// JSON, or empty.
+    pub body: Vec<u8>,
+}
+
+/// The runner-agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("cannot open the backend's channel to the guest")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("HTTP over the guest channel failed")]
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the guest channel did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A backend's private channel to one guest's runner-agent (see
+/// [`crate::hypervisor::Hypervisor::guest_channel`]).
+#[async_trait::async_trait]
+pub trait GuestChannel: Send + Sync {
+    /// Sends one request and reads the whole answer, within `timeout`.
+    async fn send(
+        &self,
+        request: ChannelRequest,
+        timeout: Duration,
+    ) -> Result<ChannelResponse, ChannelError>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestApiError {
@@ -22,13 +64,31 @@ pub enum GuestApiError {
         path: &'static str,
         status: u16,
     },
+    #[error("cannot reach the runner-agent over the backend's channel")]
+    Channel(#[source] ChannelError),
+    #[error("the runner-agent answered {status} to {path} over the backend's channel")]
+    ChannelStatus { path: &'static str, status: u16 },
+    #[error("the runner-agent's answer to {path} is not the JSON expected")]
+    Body {
+        path: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 #[derive(Clone)]
 pub struct GuestApi {
-    client: reqwest::Client,
-    addr: SocketAddr,
+    transport: Transport,
     token: ApiToken,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        addr: SocketAddr,
+    },
+    Channel(std::sync::Arc<dyn GuestChannel>),
 }
 
 /// One HTTP client for every guest: building one loads TLS roots, which is costly per runner.
@@ -42,14 +102,25 @@ pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
 impl GuestApi {
     pub fn new(client: reqwest::Client, addr: SocketAddr, token: ApiToken) -> GuestApi {
         GuestApi {
-            client,
-            addr,
+            transport: Transport::Http { client, addr },
             token,
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The API over a backend's private channel (vz: vsock) instead of the network.
+    pub fn over_channel(channel: std::sync::Arc<dyn GuestChannel>, token: ApiToken) -> GuestApi {
+        GuestApi {
+            transport: Transport::Channel(channel),
+            token,
+        }
+    }
+
+    /// The guest's API address, when it is reached over the network.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match &self.transport {
+            Transport::Http { addr, .. } => Some(*addr),
+            Transport::Channel(_) => None,
+        }
     }
 
     pub async fn status(&self) -> Result<StatusResponse, GuestApiError> {
@@ -113,9 +184,35 @@ impl GuestApi {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, GuestApiError> {
-        let addr = self.addr;
-        let mut request = self
-            .client
+        let (client, addr) = match &self.transport {
+            Transport::Http { client, addr } => (client, *addr),
+            Transport::Channel(channel) => {
+                let body = match body {
+                    Some(body) => serde_json::to_vec(body)
+                        .map_err(|source| GuestApiError::Body { path, source })?,
+                    None => Vec::new(),
+                };
+                let request = ChannelRequest {
+                    method,
+                    path,
+                    token: self.token.clone(),
+                    body,
+                };
+                let response = channel
+                    .send(request, timeout)
+                    .await
+                    .map_err(GuestApiError::Channel)?;
+                if !(200..300).contains(&response.status) {
+                    return Err(GuestApiError::ChannelStatus {
+                        path,
+                        status: response.status,
+                    });
+                }
+                return serde_json::from_slice(&response.body)
+                    .map_err(|source| GuestApiError::Body { path, source });
+            }
+        };
+        let mut request = client
             .request(method, format!("http://{addr}{path}"))
             .bearer_auth(self.token.expose())
             .timeout(timeout);

@@ -8,9 +8,11 @@
 //! - [`ssh`]: readiness checks and setup scripts over SSH.
 //! - [`sync`]: the link to the server (register, Sync stream, reconnect).
 //! - [`service`]: `install`/`uninstall` as a macOS LaunchDaemon.
+//! - [`doctor`]: the prerequisites of the configured backend (`shoes-vz doctor`, `--check`).
 
 pub mod bundle;
 pub mod config;
+pub mod doctor;
 pub mod fsutil;
 pub mod guest_api;
 pub mod hypervisor;

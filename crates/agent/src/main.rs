@@ -35,6 +35,11 @@ struct Args {
     max_runners: Option<u32>,
     #[arg(long, env = "SHOESVZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+    /// Check this machine's prerequisites for the configured backend, print them (as
+    /// `shoes-vz doctor` does) and exit: 0 when nothing failed, 1 otherwise. Run it before
+    /// serving (e.g. after install).
+    #[arg(long)]
+    check: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -78,6 +83,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(max) = args.max_runners {
         config.capacity.max_runners = max;
+    }
+    if args.check {
+        let report =
+            shoes_vz_agent::doctor::run(&config, &shoes_vz_agent::doctor::SystemProbes).await;
+        print!("{}", report.to_text());
+        std::process::exit(report.exit_code());
     }
     // Tokens come only from the file or the environment, never flags: argv is world-readable.
     if let Ok(token) =

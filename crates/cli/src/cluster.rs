@@ -17,6 +17,10 @@ pub const DEFAULT_TEST_TEMPLATE: &str = "test-default";
 /// What a `nano` runner of a qemu cluster gets (and its warm template is saved with).
 pub const QEMU_GUEST_VCPUS: u32 = 1;
 pub const QEMU_GUEST_MEMORY_MIB: u64 = 256;
+/// The shape of a vz dev runner (`nano`): what `shoes-vz template warm-vz` warms by default,
+/// so a warm slot restores.
+pub const VZ_GUEST_VCPUS: u32 = 4;
+pub const VZ_GUEST_MEMORY_MIB: u64 = 8192;
 
 /// Builds the test guest (first use) and, when asked, its warm template; returns the
 /// cold template's name (the scheduler's default).
@@ -64,9 +68,34 @@ pub struct ClusterOptions {
     pub test_stop_delay: Duration,
     /// qemu: also make the test guest's warm template (runners asking for label `warm`).
     pub warm: bool,
+    /// vz: the operator's templates (made by `template create`/`import-tart`); runner bundles
+    /// go beside them (`<parent>/dev-runners/`) so clones stay on the same APFS volume.
+    pub templates_dir: Option<PathBuf>,
+}
+
+/// The name of the first vz template in `dir`.
+fn first_vz_template(dir: &Path) -> Option<String> {
+    template::load_all(dir, "vz").ok()?.into_keys().next()
 }
 
 impl ClusterOptions {
+    /// Where agent `index`'s runner bundles go: beside the vz templates (same volume), else
+    /// in its data dir.
+    pub fn runners_dir(&self, index: usize) -> PathBuf {
+        match (&self.templates_dir, self.backend) {
+            (Some(templates), BackendKind::Vz) => templates
+                .parent()
+                .unwrap_or(templates)
+                .join("dev-runners")
+                .join(index.to_string()),
+            _ => self
+                .data_dir
+                .join("agents")
+                .join(index.to_string())
+                .join("runners"),
+        }
+    }
+
     pub fn new(data_dir: &Path, token: &str) -> Self {
         Self {
             data_dir: data_dir.to_path_buf(),
@@ -86,6 +115,7 @@ impl ClusterOptions {
             guest_status_interval: Duration::from_millis(200),
             test_stop_delay: Duration::ZERO,
             warm: false,
+            templates_dir: None,
         }
     }
 }
@@ -101,7 +131,10 @@ impl LocalCluster {
     pub async fn start(options: ClusterOptions) -> anyhow::Result<LocalCluster> {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("cannot create data dir {}", options.data_dir.display()))?;
-        let templates = options.data_dir.join("templates");
+        let templates = options
+            .templates_dir
+            .clone()
+            .unwrap_or_else(|| options.data_dir.join("templates"));
         let default_template = match options.backend {
             BackendKind::Test => {
                 template::ensure_test_template(&templates, DEFAULT_TEST_TEMPLATE).with_context(
@@ -115,13 +148,18 @@ impl LocalCluster {
                 DEFAULT_TEST_TEMPLATE.to_string()
             }
             BackendKind::Qemu => prepare_qemu_templates(&templates, options.warm).await?,
-            #[allow(unreachable_patterns)]
-            other => anyhow::bail!(
-                "the local cluster runs the test and qemu backends, not {}",
-                other.as_str()
-            ),
+            BackendKind::Vz => first_vz_template(&templates).with_context(|| {
+                format!(
+                    "no vz template in {}: shoes-vz template create --ipsw latest --name macos, or shoes-vz template import-tart ~/.tart/vms/NAME --name macos",
+                    templates.display()
+                )
+            })?,
         };
-        let clone_mode = if bundle::reflink_supported(&options.data_dir) {
+        let runners_parent = options.runners_dir(0);
+        let runners_parent = runners_parent.parent().unwrap_or(&options.data_dir);
+        std::fs::create_dir_all(runners_parent)
+            .with_context(|| format!("cannot create {}", runners_parent.display()))?;
+        let clone_mode = if bundle::reflink_supported(runners_parent) {
             CloneMode::Reflink
         } else {
             tracing::warn!(
@@ -165,6 +203,15 @@ impl LocalCluster {
                 .saturating_sub(shoes_vz_server::config::MIN_BOOT_TIME),
         );
         config.timeouts.claim_grace = options.claim_grace;
+        if options.backend == BackendKind::Vz {
+            config.resources.types.insert(
+                ResourceType::Nano,
+                ResourceSpec {
+                    vcpus: VZ_GUEST_VCPUS,
+                    memory_mib: VZ_GUEST_MEMORY_MIB,
+                },
+            );
+        }
         if options.backend == BackendKind::Qemu {
             // The test guest is tiny: nano is the shape its warm template is saved with.
             config.resources.types.insert(
@@ -185,8 +232,12 @@ impl LocalCluster {
             server_url: format!("http://{}", self.server.grpc_addr),
             token: Some(self.options.token.clone()),
             data_dir: dir.clone(),
-            templates_dir: self.options.data_dir.join("templates"),
-            runners_dir: dir.join("runners"),
+            templates_dir: self
+                .options
+                .templates_dir
+                .clone()
+                .unwrap_or_else(|| self.options.data_dir.join("templates")),
+            runners_dir: self.options.runners_dir(index),
             backend: self.options.backend,
             clone_mode: self.clone_mode,
             ..AgentConfig::default()
@@ -203,6 +254,14 @@ impl LocalCluster {
         config.test_backend.stop_delay = self.options.test_stop_delay;
         config.reconnect.initial_backoff = Duration::from_millis(100);
         config.reconnect.max_backoff = Duration::from_secs(2);
+        if self.options.backend == BackendKind::Vz {
+            // Guests notify through the NAT bridge, not loopback (docs/macos.md §5a).
+            config.notify.listen = SocketAddr::from(([0, 0, 0, 0], 0));
+            // Saved State warm slots made by `shoes-vz template warm-vz` (macOS 14+).
+            config.vz.warm_slots = self.options.warm;
+            config.timeouts.boot_to_ip = Duration::from_secs(180);
+            config.timeouts.boot_to_ssh = Duration::from_secs(240);
+        }
         config
     }
 
@@ -233,11 +292,7 @@ impl LocalCluster {
     }
 
     pub fn runners_dir(&self, index: usize) -> PathBuf {
-        self.options
-            .data_dir
-            .join("agents")
-            .join(index.to_string())
-            .join("runners")
+        self.options.runners_dir(index)
     }
 
     /// Stops the server and starts a new one on the same address and database (agents

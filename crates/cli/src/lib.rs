@@ -8,9 +8,11 @@
 //! - [`stats`]: percentiles for benchmarks and timing tables.
 //! - [`qemu_templates`]: the QEMU test guest and its warm template, built on first use.
 //! - [`scratch_fs`]: a reflink filesystem for clone measurements.
+//! - [`download`]: resume-safe downloads (HTTP Range) of restore images.
 
 pub mod cluster;
 pub mod commands;
+pub mod download;
 pub mod plugin_client;
 pub mod qemu_templates;
 pub mod scratch_fs;

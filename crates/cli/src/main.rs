@@ -1,7 +1,7 @@
 //! `shoes-vz`: the operator CLI. Each subcommand lives in `commands/`.
 
 use clap::{Parser, Subcommand};
-use shoes_vz_cli::commands::{bench, dev, runners, template};
+use shoes_vz_cli::commands::{bench, dev, doctor, runners, template};
 use shoes_vz_telemetry::{init_logging, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -30,6 +30,8 @@ enum Command {
     /// Build templates: the QEMU test guest, warm templates, macOS (vz) templates.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// Check this machine's prerequisites for the configured backend (exit 1 on any FAIL).
+    Doctor(doctor::DoctorArgs),
 }
 
 #[tokio::main]
@@ -41,5 +43,9 @@ async fn main() -> anyhow::Result<()> {
         Command::Runners(command) => runners::run(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Template(command) => template::run(command).await,
+        Command::Doctor(args) => {
+            let status = doctor::run(args).await?;
+            std::process::exit(status)
+        }
     }
 }

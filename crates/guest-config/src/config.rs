@@ -96,6 +96,11 @@ pub fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 
+/// The vsock port where a macOS guest's runner-agent serves the same API to the host alone
+/// (vz's private channel: the warm-restore refresh goes there, never over the network). Not
+/// 8080: tart-guest-agent listens there in Cirrus Labs images (tart ControlSocket.swift).
+pub const VSOCK_PORT: u32 = 52080;
+
 impl GuestConfig {
     /// Checks every field; [`from_json`](Self::from_json) and the image writer call it.
     pub fn validate(&self) -> Result<(), ConfigError> {

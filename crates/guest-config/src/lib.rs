@@ -27,7 +27,7 @@ mod secret;
 
 pub use config::{
     default_http_listen, is_valid_name, is_valid_public_key_line, ConfigError, GuestConfig,
-    DEFAULT_HTTP_LISTEN, FORMAT_VERSION, MAX_CONFIG_JSON_BYTES, RUNNER_ID_MAX_LEN,
+    DEFAULT_HTTP_LISTEN, FORMAT_VERSION, MAX_CONFIG_JSON_BYTES, RUNNER_ID_MAX_LEN, VSOCK_PORT,
 };
 pub use device::{find_among, find_config_device, linux_candidates, macos_candidates, DeviceError};
 pub use image::{

@@ -36,6 +36,8 @@ pub struct AgentOptions {
     /// `/exec` requests running at once; more are refused with 429.
     pub max_concurrent_execs: usize,
     pub setup: SetupOptions,
+    /// Also serve the API on this vsock port (macOS guests under vz: `crate::vsock`).
+    pub vsock_port: Option<u32>,
 }
 
 impl Default for AgentOptions {
@@ -49,6 +51,7 @@ impl Default for AgentOptions {
             exec: ExecLimits::default(),
             max_concurrent_execs: 8,
             setup: SetupOptions::default(),
+            vsock_port: None,
         }
     }
 }
@@ -257,6 +260,8 @@ pub struct RunningAgent {
     local_addr: SocketAddr,
     config_device: PathBuf,
     server: Option<JoinHandle<()>>,
+    /// The API on vsock (`vsock_port`); stops with `shared.shutdown`.
+    vsock_server: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningAgent {
@@ -303,6 +308,10 @@ impl RunningAgent {
             setups,
         });
         let router = crate::http::router(Arc::clone(&shared));
+        let vsock_server = shared
+            .opts
+            .vsock_port
+            .and_then(|port| crate::vsock::start(port, router.clone(), shared.shutdown.clone()));
         let stop = shared.shutdown.clone();
         let server = tokio::spawn(async move {
             let served = axum::serve(listener, router)
@@ -318,6 +327,7 @@ impl RunningAgent {
             local_addr,
             config_device,
             server: Some(server),
+            vsock_server,
         })
     }
 
@@ -358,6 +368,12 @@ impl RunningAgent {
                 abort.abort();
             }
         }
+        if let Some(vsock) = self.vsock_server.take() {
+            let abort = vsock.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, vsock).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 }
 
@@ -366,6 +382,9 @@ impl Drop for RunningAgent {
         self.shared.shutdown.cancel();
         if let Some(server) = self.server.take() {
             server.abort();
+        }
+        if let Some(vsock) = self.vsock_server.take() {
+            vsock.abort();
         }
     }
 }

@@ -69,6 +69,11 @@ pub struct Cli {
 
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+
+    /// Also serve the API on this vsock port, the host's private channel under
+    /// Virtualization.framework (macOS guests: 52080, shoes_vz_guest_config::VSOCK_PORT).
+    #[arg(long, value_name = "PORT")]
+    pub vsock_port: Option<u32>,
 }
 
 impl Cli {
@@ -92,6 +97,7 @@ impl Cli {
                 log_max_bytes: self.setup_log_max_bytes,
                 ..SetupOptions::default()
             },
+            vsock_port: self.vsock_port,
             ..AgentOptions::default()
         }
     }

@@ -13,6 +13,8 @@
 //! - `notify`: the signed notify with backoff; `addrs`: the guest's addresses.
 //! - `http`: the API; `exec`: `/exec` commands; `setup`: the detached setup script (`/setup`);
 //!   `runner_state`: `/status`'s runner state.
+//! - [`vsock`]: the same API on a virtual socket (`--vsock-port`), the host's private channel
+//!   under Virtualization.framework.
 
 pub mod addrs;
 pub mod agent;
@@ -23,6 +25,7 @@ pub mod identity;
 pub mod notify;
 pub mod runner_state;
 pub mod setup;
+pub mod vsock;
 
 pub use agent::{
     load_config, run_once, AgentOptions, NotifyState, RefreshReport, RunningAgent, StartError,

@@ -2,6 +2,13 @@
 //! the caller names (`/Library/LaunchDaemons` in production, a temp dir in tests), and the
 //! `launchctl` calls that load and unload it (macOS only; a typed error elsewhere).
 //!
+//! The agent runs as a normal user (`UserName`), never as root: since macOS 15 the VZ service
+//! needs the starting user's unlocked login keychain, and VMs started as root fail with
+//! "Failed to generate keypair" / VZ error -9 (tart#921, #1075, #1025, #1137; tart PR #1147;
+//! tart docs/faq.md "Headless machines"; orchard's LaunchDaemon runs tart as `admin`). A
+//! LaunchDaemon with `UserName` is still a daemon, so it is exempt from macOS 15's Local
+//! Network privacy prompt (Apple TN3179). docs/macos.md §5 has the keychain steps.
+//!
 //! The plist is world-readable, so it carries no secret: the agent finds its config through
 //! `SHOESVZ_AGENT_CONFIG`, and the token lives in that file (mode 0600) or in the agent's own
 //! environment, never in ProgramArguments or EnvironmentVariables here.
@@ -26,6 +33,8 @@ const SECRET_WORDS: [&str; 5] = ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDE
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonSpec {
     pub label: String,
+    /// The (non-root) user the agent and its VMs run as: launchd's `UserName`.
+    pub user_name: String,
     /// Absolute path of the (signed) `shoes-vz-agent` binary.
     pub program: PathBuf,
     /// Extra arguments after the program, e.g. `--log-format json`. Never secrets.
@@ -40,9 +49,10 @@ pub struct DaemonSpec {
 }
 
 impl DaemonSpec {
-    pub fn new(program: PathBuf, config_path: PathBuf) -> DaemonSpec {
+    pub fn new(program: PathBuf, config_path: PathBuf, user_name: &str) -> DaemonSpec {
         DaemonSpec {
             label: DEFAULT_LABEL.to_string(),
+            user_name: user_name.to_string(),
             program,
             arguments: vec!["--log-format".to_string(), "json".to_string()],
             config_path,
@@ -98,7 +108,28 @@ fn valid_label(label: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// A short macOS user name: letters, digits, '.', '_', '-', not starting with '-'.
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 pub fn validate(spec: &DaemonSpec) -> Result<(), LaunchdError> {
+    if spec.user_name == "root" {
+        return Err(LaunchdError::Invalid(
+            "the agent must not run as root: since macOS 15 VMs started as root fail (\"Failed to generate keypair\", VZ error -9); pass --user with the account that is logged in (auto-login) or whose login keychain is unlocked".into(),
+        ));
+    }
+    if !valid_user_name(&spec.user_name) {
+        return Err(LaunchdError::Invalid(format!(
+            "user name {:?} is not a macOS short user name (letters, digits, '.', '_', '-')",
+            spec.user_name
+        )));
+    }
     if !valid_label(&spec.label) {
         return Err(LaunchdError::Invalid(format!(
             "label {:?} must be reverse-DNS style: letters, digits, '.', '-', '_'",
@@ -182,6 +213,9 @@ pub fn render(spec: &DaemonSpec) -> Result<String, LaunchdError> {
          <plist version=\"1.0\">\n<dict>\n",
     );
     out.push_str(&string("Label", &spec.label));
+    out.push_str(&string("UserName", &spec.user_name));
+    // The user's groups too (staff, …), as a login would give them.
+    out.push_str("\t<key>InitGroups</key>\n\t<true/>\n");
     out.push_str("\t<key>ProgramArguments</key>\n\t<array>\n");
     let program = spec.program.to_string_lossy();
     for argument in
@@ -300,7 +334,7 @@ fn config_warnings(config: &Path) -> Vec<String> {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o077 != 0 {
                 vec![format!(
-                    "{} is readable by other users; it may hold the agent token: chmod 600 it",
+                    "{} is readable by other users; it may hold the agent token: chmod 600 it (owned by the agent's user)",
                     config.display()
                 )]
             } else {
@@ -400,6 +434,7 @@ mod tests {
         let mut spec = DaemonSpec::new(
             PathBuf::from("/usr/local/bin/shoes-vz-agent"),
             root.join("agent.toml"),
+            "runner",
         );
         spec.log_dir = root.join("logs");
         spec
@@ -410,6 +445,8 @@ mod tests {
         let text = render(&spec(Path::new("/opt/x"))).expect("render");
         for needle in [
             "<key>Label</key>\n\t<string>io.github.shoes-vz.agent</string>",
+            "<key>UserName</key>\n\t<string>runner</string>",
+            "<key>InitGroups</key>\n\t<true/>",
             "<string>/usr/local/bin/shoes-vz-agent</string>\n\t\t<string>--log-format</string>\n\t\t<string>json</string>",
             "<key>SHOESVZ_AGENT_CONFIG</key>\n\t\t<string>/opt/x/agent.toml</string>",
             "<key>KeepAlive</key>\n\t<true/>",
@@ -458,6 +495,21 @@ mod tests {
         let mut s = spec(root);
         s.label = "bad label".into();
         assert!(matches!(render(&s), Err(LaunchdError::Invalid(_))));
+        let mut s = spec(root);
+        s.user_name = "root".into();
+        let error = render(&s).expect_err("root").to_string();
+        assert!(
+            error.contains("must not run as root") && error.contains("--user"),
+            "{error}"
+        );
+        for bad in ["", "-x", "a b", "a/b"] {
+            let mut s = spec(root);
+            s.user_name = bad.into();
+            assert!(
+                matches!(render(&s), Err(LaunchdError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
         let mut s = spec(root);
         s.environment = vec![(CONFIG_ENV.into(), "/elsewhere".into())];
         assert!(matches!(render(&s), Err(LaunchdError::Invalid(_))));

@@ -4,6 +4,13 @@
 //!
 //! The file is a list of `{ key=value … }` blocks; bootpd prints MACs without leading zeros
 //! (`hw_address=1,7a:1c:3:5b:93:7`) and `lease` as hex seconds since the epoch (expiry).
+//!
+//! [`select`] never returns an expired lease: bootpd hands expired addresses to other MACs
+//! (tart#20, tart#1097), so one may belong to another guest by now (tart
+//! Sources/tart/MACAddressResolver/Leases.swift skips them too, `expiresAt.isInFuture`). For a
+//! VM restored from a Saved State it also skips every lease that existed before the restore:
+//! the guest still holds its slot's old address, and only a lease renewed after the restore
+//! says which address is its own now.
 
 use crate::mac_address::MacAddress;
 use std::net::Ipv4Addr;
@@ -61,22 +68,84 @@ fn lease_from(fields: &[(&str, &str)]) -> Option<Lease> {
     })
 }
 
-/// The address leased to `mac` that expires last (bootpd may keep an old block around).
-pub fn find(leases: &[Lease], mac: MacAddress) -> Option<Ipv4Addr> {
+/// Which leases of a MAC count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseFilter {
+    /// Seconds since the epoch now: leases expiring at or before it are skipped.
+    pub now: u64,
+    /// For a restored VM: the latest expiry this MAC had before the restore (0 when it had
+    /// none). Only a lease expiring later was granted or renewed after the restore.
+    pub renewed_after: Option<u64>,
+}
+
+impl LeaseFilter {
+    /// A cold-booted VM: any unexpired lease of its (fresh) MAC.
+    pub fn cold(now: u64) -> LeaseFilter {
+        LeaseFilter {
+            now,
+            renewed_after: None,
+        }
+    }
+
+    /// A VM restored from a Saved State, given the leases as they were just before it.
+    pub fn restored(now: u64, before: &[Lease], mac: MacAddress) -> LeaseFilter {
+        LeaseFilter {
+            now,
+            renewed_after: Some(baseline(before, mac)),
+        }
+    }
+
+    fn accepts(&self, lease: &Lease) -> bool {
+        lease.expires > self.now
+            && self
+                .renewed_after
+                .is_none_or(|before| lease.expires > before)
+    }
+}
+
+/// The latest expiry of `mac`'s leases (0 when there is none).
+pub fn baseline(leases: &[Lease], mac: MacAddress) -> u64 {
     leases
         .iter()
         .filter(|l| l.mac == mac)
+        .map(|l| l.expires)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The address leased to `mac` that `filter` accepts and that expires last (bootpd may keep
+/// an old block around).
+pub fn select(leases: &[Lease], mac: MacAddress, filter: LeaseFilter) -> Option<Ipv4Addr> {
+    leases
+        .iter()
+        .filter(|l| l.mac == mac && filter.accepts(l))
         .max_by_key(|l| l.expires)
         .map(|l| l.ip)
 }
 
-/// Reads `path` (usually [`DHCPD_LEASES`]) and looks `mac` up. A missing file is "no lease yet".
-pub fn lookup(path: &Path, mac: MacAddress) -> std::io::Result<Option<Ipv4Addr>> {
+/// Reads `path` (usually [`DHCPD_LEASES`]); a missing file is no leases yet.
+pub fn read(path: &Path) -> std::io::Result<Vec<Lease>> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Ok(find(&parse(&text), mac)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(text) => Ok(parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// Reads `path` and selects `mac`'s address with `filter`.
+pub fn lookup(
+    path: &Path,
+    mac: MacAddress,
+    filter: LeaseFilter,
+) -> std::io::Result<Option<Ipv4Addr>> {
+    Ok(select(&read(path)?, mac, filter))
+}
+
+/// Seconds since the epoch (bootpd's clock), for [`LeaseFilter`].
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -115,30 +184,81 @@ mod tests {
 }
 ";
 
+    /// Before every lease in [`LEASES`] expires.
+    const EARLY: u64 = 0x6720_0000;
+
     #[test]
     fn finds_the_newest_lease_for_a_mac_in_bootpd_format() {
         let leases = parse(LEASES);
         assert_eq!(leases.len(), 3, "malformed and non-Ethernet blocks skipped");
         let mac: MacAddress = "7a:1c:03:5b:93:07".parse().expect("mac");
-        assert_eq!(find(&leases, mac), Some(Ipv4Addr::new(192, 168, 64, 3)));
+        let cold = LeaseFilter::cold(EARLY);
+        assert_eq!(
+            select(&leases, mac, cold),
+            Some(Ipv4Addr::new(192, 168, 64, 3))
+        );
         assert_eq!(leases[0].name.as_deref(), Some("admins-Virtual-Machine"));
         assert_eq!(leases[0].expires, 0x6720a1b0);
-        assert_eq!(find(&leases, MacAddress::derive(1)), None);
+        assert_eq!(select(&leases, MacAddress::derive(1), cold), None);
+    }
+
+    #[test]
+    fn expired_leases_are_skipped() {
+        let leases = parse(LEASES);
+        let mac: MacAddress = "7a:1c:03:5b:93:07".parse().expect("mac");
+        // Between the two leases' expiries: only the newer one still counts.
+        let between = LeaseFilter::cold(0x6720a100);
+        assert_eq!(
+            select(&leases, mac, between),
+            Some(Ipv4Addr::new(192, 168, 64, 3))
+        );
+        // At the newer one's expiry, both are gone: bootpd may give the address to anyone.
+        assert_eq!(select(&leases, mac, LeaseFilter::cold(0x6720a1b0)), None);
+        assert_eq!(select(&leases, mac, LeaseFilter::cold(u64::MAX)), None);
+    }
+
+    #[test]
+    fn a_restored_vm_takes_only_a_lease_renewed_after_the_restore() {
+        let mac: MacAddress = "7a:1c:03:5b:93:07".parse().expect("mac");
+        let before = parse(LEASES);
+        let filter = LeaseFilter::restored(EARLY, &before, mac);
+        assert_eq!(filter.renewed_after, Some(0x6720a1b0));
+        // Still valid, but from before the restore: the slot's old address, not taken.
+        assert_eq!(select(&before, mac, filter), None);
+        // bootpd renews it (same address, later expiry) or grants another: taken.
+        let renewed = format!(
+            "{LEASES}{{\n\tip_address=192.168.64.12\n\thw_address=1,7a:1c:3:5b:93:7\n\tlease=0x6720b000\n}}\n"
+        );
+        assert_eq!(
+            select(&parse(&renewed), mac, filter),
+            Some(Ipv4Addr::new(192, 168, 64, 12))
+        );
+        // A MAC without any lease before the restore takes its first one.
+        let other: MacAddress = "aa:bb:cc:dd:ee:ff".parse().expect("mac");
+        let fresh = LeaseFilter::restored(EARLY, &[], other);
+        assert_eq!(fresh.renewed_after, Some(0));
+        assert_eq!(
+            select(&before, other, fresh),
+            Some(Ipv4Addr::new(192, 168, 64, 4))
+        );
     }
 
     #[test]
     fn a_missing_file_means_no_lease_yet() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dhcpd_leases");
+        let cold = LeaseFilter::cold(EARLY);
         assert_eq!(
-            lookup(&path, MacAddress::derive(1)).expect("missing ok"),
+            lookup(&path, MacAddress::derive(1), cold).expect("missing ok"),
             None
         );
+        assert!(read(&path).expect("missing ok").is_empty());
         std::fs::write(&path, LEASES).expect("write");
         let mac: MacAddress = "aa:bb:cc:dd:ee:ff".parse().expect("mac");
         assert_eq!(
-            lookup(&path, mac).expect("read"),
+            lookup(&path, mac, cold).expect("read"),
             Some(Ipv4Addr::new(192, 168, 64, 4))
         );
+        assert!(unix_now() > EARLY);
     }
 }

@@ -8,11 +8,14 @@
 //!
 //! # Layout
 //! - [`plan`]: [`plan::VmPlan`] from a request, clamped by [`limits`]; Saved State keys.
+//! - [`devices`]: the one save-compatible device list (display, Mac keyboard/trackpad, vsock,
+//!   no entropy) of runners and warm slots; the install VM's.
 //! - [`limits`]: framework/host limits and the host reserve; [`version`]: macOS gates.
 //! - [`hardware`]: `HardwareModel.json` and the VZ bytes in `MachineIdentifier.json`.
+//! - [`identity`]: `machineIdentity = "per-runner" | "template"`; [`disk_format`]: raw/ASIF.
 //! - [`mac_address`]: guest MACs; [`leases`]: bootpd's lease file, by MAC.
 //! - [`slots`]: the two Saved State warm slots; [`state`]: VM states and exit reports.
-//! - [`template`]: vz template files; [`tart`]: import of a tart VM as a template.
+//! - [`template`]: vz template files (and `VzOptions.json`); [`tart`]: import of a tart VM.
 //! - [`launchd`]: the agent's LaunchDaemon; [`host`]: `probe()` / `is_supported()`.
 //! - [`errors`]: [`VzError`] and the `VZErrorDomain` code mapping.
 //! - `ffi` (macOS, or `typecheck`): VZ objects, the VM handle, IPSW install.
@@ -20,9 +23,12 @@
 // Cargo.toml allows unsafe for this crate (the FFI needs it); only `ffi` may use it.
 #![deny(unsafe_code)]
 
+pub mod devices;
+pub mod disk_format;
 pub mod errors;
 pub mod hardware;
 pub mod host;
+pub mod identity;
 pub mod launchd;
 pub mod leases;
 pub mod limits;

@@ -5,13 +5,19 @@
 //! 1. virtio block: the runner's `Disk.img`, read-write;
 //! 2. virtio block: the per-runner config disk, read-only (when planned);
 //! 3. virtio network: NAT with the planned MAC;
-//! 4. virtio entropy;
-//! 5. virtio socket (vsock), only when planned;
-//! 6. Mac graphics with one display, only when planned (off by default: runners are headless).
+//! 4. the [`Devices`] chosen by [`crate::devices`] for the VM's purpose: for every runner
+//!    (cold or restored) and warm slot one save-compatible list (vsock, a 1920×1080 display,
+//!    Mac keyboard and trackpad, no entropy); the install VM adds entropy.
+//!
+//! A saveable VM (a warm slot; a runner on a host with Saved State) with a device that cannot
+//! be saved is refused here: it cannot be planned.
 
+pub use crate::devices::Display;
+use crate::devices::{Devices, NotSaveCompatible, VmPurpose};
 use crate::hardware::{HardwareModel, MachineIdentifierFile, VzMachineIdentifier};
 use crate::limits::{Limits, LimitsError, MIB};
 use crate::mac_address::MacAddress;
+use crate::version::{self, HostFeature, MacosVersion};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -20,25 +26,6 @@ pub const DISK_FILE: &str = "Disk.img";
 pub const AUXILIARY_STORAGE_FILE: &str = "AuxiliaryStorage";
 /// Saved State of a warm slot (design: `State.save`).
 pub const SAVED_STATE_FILE: &str = "State.save";
-
-/// One display of the optional graphics device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Display {
-    pub width_px: u32,
-    pub height_px: u32,
-    pub pixels_per_inch: u32,
-}
-
-impl Default for Display {
-    fn default() -> Self {
-        Self {
-            width_px: 1920,
-            height_px: 1200,
-            pixels_per_inch: 80,
-        }
-    }
-}
 
 /// How the boot disk's writes reach the host's storage
 /// (`VZDiskImageSynchronizationMode`).
@@ -66,14 +53,19 @@ pub struct PlanRequest {
     pub mac: MacAddress,
     /// The per-runner config disk from the agent, attached read-only.
     pub config_disk: Option<PathBuf>,
-    pub vsock: bool,
-    pub graphics: Option<Display>,
+    /// Decides the devices ([`Devices::for_purpose`]).
+    pub purpose: VmPurpose,
+    /// The host's macOS: some devices need a newer one, and Saved State needs 14.
+    pub host_macos: MacosVersion,
+    /// The template's display; `None` only for a template that asks for headless guests.
+    pub display: Option<Display>,
     pub disk_sync: DiskSync,
 }
 
 impl PlanRequest {
     /// The request for a runner bundle: `Disk.img` and `AuxiliaryStorage` in `bundle_dir`,
-    /// identity from its `MachineIdentifier.json` (the MAC derived from `ecid`).
+    /// identity from its `MachineIdentifier.json` (the MAC derived from `ecid`), the default
+    /// display (callers apply the template's choice).
     pub fn for_runner(
         bundle_dir: &Path,
         vcpus: u32,
@@ -81,6 +73,7 @@ impl PlanRequest {
         identity: &MachineIdentifierFile,
         hardware_model: HardwareModel,
         config_disk: Option<PathBuf>,
+        host_macos: MacosVersion,
     ) -> Result<PlanRequest, PlanError> {
         let machine_identifier = identity
             .vz_machine_identifier
@@ -95,8 +88,9 @@ impl PlanRequest {
             machine_identifier,
             mac: MacAddress::derive(identity.ecid),
             config_disk,
-            vsock: false,
-            graphics: None,
+            purpose: VmPurpose::Runner,
+            host_macos,
+            display: Some(Display::default()),
             disk_sync: DiskSync::Full,
         })
     }
@@ -127,10 +121,11 @@ pub struct VmPlan {
     pub hardware_model: HardwareModel,
     pub machine_identifier: VzMachineIdentifier,
     pub network: NetworkPlan,
-    /// Always on: a guest without entropy boots slowly and makes weak keys.
-    pub entropy: bool,
-    pub vsock: bool,
-    pub graphics: Option<Display>,
+    pub purpose: VmPurpose,
+    /// Everything but disks and network ([`crate::devices`]).
+    pub devices: Devices,
+    /// Will be saved or restored: every device is save-compatible (checked by [`build`]).
+    pub saveable: bool,
     pub disk_sync: DiskSync,
     pub adjustments: Vec<Adjustment>,
 }
@@ -161,6 +156,11 @@ pub enum PlanError {
         path: PathBuf,
         #[source]
         source: Option<std::io::Error>,
+    },
+    #[error("a {purpose:?} VM is saved or restored, but its devices include {device}, which cannot be saved; this is a bug in the device list")]
+    NotSaveable {
+        purpose: VmPurpose,
+        device: NotSaveCompatible,
     },
     #[error("the saved state was taken with {field} = {saved}, but this VM plans {planned}; a restore needs the identical configuration, so boot cold")]
     RestoreMismatch {
@@ -220,18 +220,24 @@ pub fn build(request: PlanRequest, limits: &Limits) -> Result<VmPlan, PlanError>
     if !(request.mac.is_locally_administered() && request.mac.is_unicast()) {
         return Err(PlanError::BadMac { mac: request.mac });
     }
-    if let Some(display) = request.graphics {
-        let px = 1..=8192;
-        if !px.contains(&display.width_px)
-            || !px.contains(&display.height_px)
-            || !(36..=600).contains(&display.pixels_per_inch)
-        {
+    if let Some(display) = request.display {
+        if !display.is_valid() {
             return Err(PlanError::BadDisplay {
                 width: display.width_px,
                 height: display.height_px,
                 ppi: display.pixels_per_inch,
             });
         }
+    }
+    let devices = Devices::for_purpose(request.purpose, request.host_macos, request.display);
+    let saveable = is_saveable(request.purpose, request.host_macos);
+    if saveable {
+        devices
+            .check_save_compatible()
+            .map_err(|device| PlanError::NotSaveable {
+                purpose: request.purpose,
+                device,
+            })?;
     }
     Ok(VmPlan {
         // Both fit: clamped into u32 CPU bounds and MiB bounds derived from u64 bytes.
@@ -243,12 +249,22 @@ pub fn build(request: PlanRequest, limits: &Limits) -> Result<VmPlan, PlanError>
         hardware_model: request.hardware_model,
         machine_identifier: request.machine_identifier,
         network: NetworkPlan::Nat { mac: request.mac },
-        entropy: true,
-        vsock: request.vsock,
-        graphics: request.graphics,
+        purpose: request.purpose,
+        devices,
+        saveable,
         disk_sync: request.disk_sync,
         adjustments,
     })
+}
+
+/// Warm slots are always saved; runners are restorable wherever the host has Saved State,
+/// so a cold runner and a restored one are the same machine.
+fn is_saveable(purpose: VmPurpose, host: MacosVersion) -> bool {
+    match purpose {
+        VmPurpose::WarmSlot => true,
+        VmPurpose::Runner => version::supports(HostFeature::SavedState, host),
+        VmPurpose::Install => false,
+    }
 }
 
 fn clamp(
@@ -288,8 +304,8 @@ pub struct SavedStateKey {
     pub machine_identifier: VzMachineIdentifier,
     pub mac_address: MacAddress,
     pub config_disk: bool,
-    pub vsock: bool,
-    pub graphics: Option<Display>,
+    /// The save-compatible device list the state was taken with.
+    pub devices: Devices,
 }
 
 impl VmPlan {
@@ -307,8 +323,7 @@ impl VmPlan {
             machine_identifier: self.machine_identifier.clone(),
             mac_address: self.mac(),
             config_disk: self.config_disk.is_some(),
-            vsock: self.vsock,
-            graphics: self.graphics,
+            devices: self.devices,
         }
     }
 
@@ -361,15 +376,15 @@ impl VmPlan {
                 planned.config_disk.to_string(),
             );
         }
-        if saved.vsock != planned.vsock {
-            return mismatch("vsock", saved.vsock.to_string(), planned.vsock.to_string());
-        }
-        if saved.graphics != planned.graphics {
+        if saved.devices != planned.devices {
             return mismatch(
-                "graphics",
-                format!("{:?}", saved.graphics),
-                format!("{:?}", planned.graphics),
+                "devices",
+                format!("{:?}", saved.devices),
+                format!("{:?}", planned.devices),
             );
+        }
+        if !self.saveable {
+            return mismatch("saveable", "true".into(), "false".into());
         }
         Ok(())
     }
@@ -422,8 +437,9 @@ pub(crate) mod tests {
             machine_identifier: VzMachineIdentifier::from_bytes(b"ident".to_vec()).expect("id"),
             mac: MacAddress::derive(7),
             config_disk: Some(dir.join("config.img")),
-            vsock: false,
-            graphics: None,
+            purpose: VmPurpose::Runner,
+            host_macos: MacosVersion::new(26, 0, 0),
+            display: Some(Display::default()),
             disk_sync: DiskSync::Full,
         }
     }
@@ -440,9 +456,68 @@ pub(crate) mod tests {
             Some(Path::new("/b/config.img"))
         );
         assert_eq!(plan.mac(), MacAddress::derive(7));
-        assert!(plan.entropy);
-        assert!(plan.graphics.is_none(), "graphics are off by default");
-        assert!(!plan.vsock);
+        assert_eq!(
+            plan.devices,
+            Devices::save_compatible(Some(Display::default()))
+        );
+        assert!(plan.saveable);
+    }
+
+    #[test]
+    fn device_lists_per_purpose_and_warm_or_cold() {
+        let limits = apple_silicon_like(10, 32);
+        let cold = build(request(Path::new("/cold")), &limits).expect("cold runner");
+        let mut slot_request = request(Path::new("/slot"));
+        slot_request.purpose = VmPurpose::WarmSlot;
+        let slot = build(slot_request, &limits).expect("warm slot");
+        assert_eq!(cold.devices, slot.devices, "one list for warm and cold");
+        assert!(!cold.devices.entropy && cold.devices.vsock);
+        assert!(cold.saveable && slot.saveable);
+        // The restore of the slot into a runner plans the same devices.
+        cold.check_restore_compatible(&slot.saved_state_key())
+            .expect("a cold runner's shape restores the slot");
+
+        let mut install = request(Path::new("/install"));
+        install.purpose = VmPurpose::Install;
+        install.config_disk = None;
+        let install = build(install, &limits).expect("install VM");
+        assert!(install.devices.entropy && !install.saveable);
+
+        // A macOS 13 host has no Saved State: its runners are not saveable (USB keyboard),
+        // and a warm slot there is impossible to plan.
+        let mut old = request(Path::new("/old"));
+        old.host_macos = MacosVersion::new(13, 6, 0);
+        let old_runner = build(old.clone(), &limits).expect("cold runner on 13");
+        assert!(!old_runner.saveable);
+        old.purpose = VmPurpose::WarmSlot;
+        let error = build(old, &limits).expect_err("a warm VM with a USB keyboard");
+        assert!(matches!(error, PlanError::NotSaveable { .. }), "{error}");
+        // Nor can a plan that is not saveable be restored.
+        let error = old_runner
+            .check_restore_compatible(&slot.saved_state_key())
+            .expect_err("not saveable");
+        assert!(error.to_string().contains("devices"), "{error}");
+    }
+
+    #[test]
+    fn a_save_incompatible_device_is_impossible_in_a_warm_plan() {
+        // Every way a request can be made for a warm slot yields save-compatible devices, or
+        // no plan at all.
+        let limits = apple_silicon_like(10, 32);
+        for major in [13, 14, 15, 26] {
+            for display in [None, Some(Display::default())] {
+                let mut r = request(Path::new("/s"));
+                r.purpose = VmPurpose::WarmSlot;
+                r.host_macos = MacosVersion::new(major, 0, 0);
+                r.display = display;
+                if let Ok(plan) = build(r, &limits) {
+                    plan.devices
+                        .check_save_compatible()
+                        .expect("save-compatible");
+                    assert!(plan.saveable);
+                }
+            }
+        }
     }
 
     #[test]
@@ -498,7 +573,7 @@ pub(crate) mod tests {
             ),
             (
                 Box::new(|r| {
-                    r.graphics = Some(Display {
+                    r.display = Some(Display {
                         width_px: 0,
                         ..Display::default()
                     })
@@ -535,6 +610,7 @@ pub(crate) mod tests {
             &identity,
             model.clone(),
             None,
+            MacosVersion::new(26, 0, 0),
         )
         .expect("request");
         assert_eq!(r.disk, Path::new("/r/x.bundle/Disk.img"));
@@ -548,7 +624,15 @@ pub(crate) mod tests {
             vz_machine_identifier: None,
         };
         assert!(matches!(
-            PlanRequest::for_runner(Path::new("/r"), 2, 4096, &agent_only, model, None),
+            PlanRequest::for_runner(
+                Path::new("/r"),
+                2,
+                4096,
+                &agent_only,
+                model,
+                None,
+                MacosVersion::new(26, 0, 0)
+            ),
             Err(PlanError::MissingVzIdentifier)
         ));
     }

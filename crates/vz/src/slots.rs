@@ -12,6 +12,7 @@ use crate::errors::MAX_MACOS_VMS_PER_HOST;
 use crate::hardware::VzMachineIdentifier;
 use crate::mac_address::MacAddress;
 use crate::plan::SavedStateKey;
+use crate::version::MacosVersion;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -123,7 +124,36 @@ pub struct WarmSlot {
     pub key: SavedStateKey,
 }
 
+/// Why a slot's state cannot be restored on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostMismatch {
+    #[error("it was saved on macOS {saved}, this host runs {host}: Saved States can stop working after a host update; warm it again (shoes-vz template warm-vz)")]
+    OtherVersion {
+        saved: MacosVersion,
+        host: MacosVersion,
+    },
+    #[error("its savedOnHost {text:?} is not a macOS version; warm it again")]
+    Unreadable { text: String },
+}
+
 impl WarmSlot {
+    /// Whether the state was saved on this host's exact macOS version (major.minor.patch):
+    /// Saved States can stop working after a host update (VirtualBuddy 2.2 release notes), so
+    /// a slot from another version is skipped and its runners boot cold until it is rewarmed.
+    pub fn check_host(&self, host: MacosVersion) -> Result<(), HostMismatch> {
+        let saved: MacosVersion =
+            self.saved_on_host
+                .parse()
+                .map_err(|_| HostMismatch::Unreadable {
+                    text: self.saved_on_host.chars().take(40).collect(),
+                })?;
+        if saved == host {
+            Ok(())
+        } else {
+            Err(HostMismatch::OtherVersion { saved, host })
+        }
+    }
+
     pub fn identity(&self) -> SlotIdentity {
         SlotIdentity {
             slot: self.slot,
@@ -187,8 +217,13 @@ pub struct SlotPool {
 }
 
 impl SlotPool {
-    /// A pool over the slots that have a usable warm state (zero, one or two).
-    pub fn new(identities: Vec<SlotIdentity>) -> Result<SlotPool, SlotError> {
+    /// A pool over the slots that have a usable warm state (zero, one or two). Slots never
+    /// share a MAC; they share a machine identifier only when `shared_identifier_ok` (the
+    /// template's `machineIdentity = "template"`, [`crate::identity`]).
+    pub fn new(
+        identities: Vec<SlotIdentity>,
+        shared_identifier_ok: bool,
+    ) -> Result<SlotPool, SlotError> {
         if identities.len() > SLOT_COUNT {
             return Err(SlotError::TooMany {
                 given: identities.len(),
@@ -201,7 +236,7 @@ impl SlotPool {
                 }
                 let shared = if a.mac == b.mac {
                     Some("a MAC address")
-                } else if a.machine_identifier == b.machine_identifier {
+                } else if a.machine_identifier == b.machine_identifier && !shared_identifier_ok {
                     Some("a machine identifier")
                 } else {
                     None
@@ -318,7 +353,7 @@ mod tests {
         ));
         assert_eq!(SlotId::all().count(), 2);
         assert!(matches!(
-            SlotPool::new(vec![identity(0, 1), identity(1, 2), identity(1, 3)]),
+            SlotPool::new(vec![identity(0, 1), identity(1, 2), identity(1, 3)], false),
             Err(SlotError::TooMany { given: 3 })
         ));
         assert!(serde_json::from_str::<SlotId>("2").is_err());
@@ -331,26 +366,30 @@ mod tests {
     #[test]
     fn slots_never_share_identity() {
         assert!(matches!(
-            SlotPool::new(vec![identity(0, 1), identity(0, 2)]),
+            SlotPool::new(vec![identity(0, 1), identity(0, 2)], false),
             Err(SlotError::DuplicateSlot { .. })
         ));
         let same_mac = SlotIdentity {
             machine_identifier: VzMachineIdentifier::from_bytes(b"other".to_vec()).expect("id"),
             ..identity(1, 1)
         };
-        let error = SlotPool::new(vec![identity(0, 1), same_mac]).expect_err("shared MAC");
+        let error =
+            SlotPool::new(vec![identity(0, 1), same_mac.clone()], true).expect_err("shared MAC");
         assert!(error.to_string().contains("MAC"), "{error}");
         let same_id = SlotIdentity {
             mac: MacAddress::derive(99),
             ..identity(1, 1)
         };
-        let error = SlotPool::new(vec![identity(0, 1), same_id]).expect_err("shared id");
+        let error =
+            SlotPool::new(vec![identity(0, 1), same_id.clone()], false).expect_err("shared id");
         assert!(error.to_string().contains("machine identifier"), "{error}");
+        // With the template's identifier for every VM, slots share it (never the MAC).
+        SlotPool::new(vec![identity(0, 1), same_id], true).expect("template identity");
     }
 
     #[test]
     fn allocation_never_gives_one_slot_to_two_runners() {
-        let mut pool = SlotPool::new(vec![identity(1, 2), identity(0, 1)]).expect("pool");
+        let mut pool = SlotPool::new(vec![identity(1, 2), identity(0, 1)], false).expect("pool");
         let a = pool.allocate("runner-a").expect("first");
         assert_eq!(a.slot.index(), 0, "lowest free slot first");
         assert!(matches!(
@@ -379,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_pool_with_fewer_slots_and_cold_mac_checks() {
-        let mut pool = SlotPool::new(vec![identity(1, 5)]).expect("one slot");
+        let mut pool = SlotPool::new(vec![identity(1, 5)], false).expect("one slot");
         assert_eq!(pool.allocate("a").expect("slot").slot.index(), 1);
         assert!(matches!(pool.allocate("b"), Err(SlotError::AllBusy)));
         assert!(matches!(
@@ -388,8 +427,38 @@ mod tests {
         ));
         pool.check_cold_mac(MacAddress::derive(6))
             .expect("free MAC");
-        let mut empty = SlotPool::new(Vec::new()).expect("no warm state");
+        let mut empty = SlotPool::new(Vec::new(), false).expect("no warm state");
         assert!(matches!(empty.allocate("a"), Err(SlotError::AllBusy)));
+    }
+
+    #[test]
+    fn a_slot_saved_on_another_host_version_is_refused() {
+        let limits = crate::limits::tests::apple_silicon_like(8, 16);
+        let plan = crate::plan::build(crate::plan::tests::request(Path::new("/s")), &limits)
+            .expect("plan");
+        let warm = |saved: &str| WarmSlot {
+            slot: SlotId::new(0).expect("slot"),
+            template: "macos-26".into(),
+            template_version: "1".into(),
+            saved_on_host: saved.into(),
+            key: plan.saved_state_key(),
+        };
+        let host = MacosVersion::new(26, 1, 0);
+        warm("26.1").check_host(host).expect("26.1 is 26.1.0");
+        for (saved, needle) in [
+            ("26.0.1", "saved on macOS 26.0.1"),
+            ("26.1.1", "26.1.1"),
+            ("15.6", "15.6.0"),
+        ] {
+            let error = warm(saved).check_host(host).expect_err(saved);
+            assert!(matches!(error, HostMismatch::OtherVersion { .. }));
+            assert!(error.to_string().contains(needle), "{error}");
+            assert!(error.to_string().contains("warm-vz"), "{error}");
+        }
+        assert!(matches!(
+            warm("tahoe").check_host(host),
+            Err(HostMismatch::Unreadable { .. })
+        ));
     }
 
     #[test]
@@ -411,6 +480,8 @@ mod tests {
         write_warm_slot(&dir, &warm).expect("write");
         let back = read_warm_slot(root.path(), warm.slot).expect("read");
         assert_eq!(back, warm);
+        back.check_host(MacosVersion::new(26, 0, 1))
+            .expect("saved on this very version");
         assert_eq!(back.identity().mac, plan.mac());
 
         let other = slot_dir(root.path(), SlotId::new(0).expect("slot"));

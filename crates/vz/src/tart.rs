@@ -2,16 +2,21 @@
 //! `nvram.bin`) becomes a vz template (`Disk.img`, `AuxiliaryStorage` cloned copy-on-write,
 //! `HardwareModel.json`, `TemplateMetadata.json`, all read-only).
 //!
-//! tart's `ecid` (its VM's `VZMacMachineIdentifier`) is checked but not carried over: every
-//! runner gets a fresh identifier, so two runners from one template never share one.
+//! tart's `ecid` (its VM's `VZMacMachineIdentifier`) is always checked; it is kept in the
+//! template's `VzOptions.json` only with `machineIdentity = "template"` (otherwise every
+//! runner gets a fresh identifier; see [`crate::identity`]). tart's `diskFormat` (`raw` or
+//! `asif`) is kept there too; ASIF is refused on a host older than macOS 26.
 
+use crate::disk_format::{DiskFormat, DiskFormatError};
 use crate::hardware::{self, HardwareModel, VzMachineIdentifier};
+use crate::identity::MachineIdentityPolicy;
 use crate::limits::MIB;
 use crate::mac_address::MacAddress;
 use crate::plan::{AUXILIARY_STORAGE_FILE, DISK_FILE};
 use crate::template::{
-    self, GuestAgent, TemplateError, TemplateInfo, TemplateLimits, TemplateMetadata,
+    self, GuestAgent, TemplateError, TemplateInfo, TemplateLimits, TemplateMetadata, VzOptions,
 };
+use crate::version::MacosVersion;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +49,9 @@ pub struct TartConfig {
     pub hardware_model: Option<String>,
     #[serde(default)]
     pub ecid: Option<String>,
+    /// `raw` (absent) or `asif` (tart DiskImageFormat.swift).
+    #[serde(default)]
+    pub disk_format: Option<String>,
 }
 
 fn default_os() -> String {
@@ -68,6 +76,7 @@ pub struct TartVm {
     /// tart's VM identity: checked, never reused for runners.
     pub machine_identifier: VzMachineIdentifier,
     pub mac: MacAddress,
+    pub disk_format: DiskFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +106,12 @@ pub enum TartError {
     },
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error("tart VM {dir}: its disk cannot be served here")]
+    DiskFormat {
+        dir: PathBuf,
+        #[source]
+        source: DiskFormatError,
+    },
 }
 
 /// Parses and checks tart's `config.json` bytes (`dir` only names the VM in errors).
@@ -145,11 +160,14 @@ pub fn parse_config(dir: &Path, bytes: &[u8]) -> Result<TartVm, TartError> {
         .mac_address
         .parse()
         .map_err(|e| invalid(format!("macAddress: {e}")))?;
+    let disk_format =
+        DiskFormat::parse(config.disk_format.as_deref()).map_err(|e| invalid(e.to_string()))?;
     Ok(TartVm {
         config,
         hardware_model,
         machine_identifier,
         mac,
+        disk_format,
     })
 }
 
@@ -192,6 +210,11 @@ pub struct TartImportOptions {
     pub limits: Option<TemplateLimits>,
     /// The image runs the runner-agent (the default, under `/Users/<ssh_user>/actions-runner`).
     pub guest_agent: Option<GuestAgent>,
+    /// `per-runner` (default) or `template` (keeps tart's `ecid` for every runner).
+    pub machine_identity: MachineIdentityPolicy,
+    /// The host's macOS when known (on a Mac): an ASIF disk is refused below macOS 26. Off
+    /// macOS it is unknown and the agent checks at start.
+    pub host_macos: Option<MacosVersion>,
 }
 
 impl TartImportOptions {
@@ -206,6 +229,8 @@ impl TartImportOptions {
             guest_agent: Some(GuestAgent {
                 runner_dir: template::default_runner_dir("admin"),
             }),
+            machine_identity: MachineIdentityPolicy::default(),
+            host_macos: None,
         }
     }
 }
@@ -216,6 +241,7 @@ pub struct ImportedTemplate {
     pub dir: PathBuf,
     pub metadata: TemplateMetadata,
     pub hardware_model: HardwareModel,
+    pub options: VzOptions,
 }
 
 /// Clones `src` to a new file `dst`.
@@ -235,6 +261,22 @@ pub fn import_tart(
     clone: CloneFn<'_>,
 ) -> Result<ImportedTemplate, TartError> {
     let vm = read_vm(tart_vm_dir)?;
+    if let Some(host) = options.host_macos {
+        vm.disk_format
+            .check_host(host)
+            .map_err(|source| TartError::DiskFormat {
+                dir: tart_vm_dir.to_path_buf(),
+                source,
+            })?;
+    }
+    let vz_options = VzOptions {
+        machine_identity: options.machine_identity,
+        machine_identifier: (options.machine_identity == MachineIdentityPolicy::Template)
+            .then(|| vm.machine_identifier.clone()),
+        disk_format: vm.disk_format,
+        ..VzOptions::default()
+    };
+    vz_options.validate()?;
     let info = TemplateInfo {
         name: options.name.clone(),
         version: options.version.clone(),
@@ -249,7 +291,7 @@ pub fn import_tart(
     };
     info.validate()?;
     template::create_dir(template_dir)?;
-    let built = fill(tart_vm_dir, template_dir, &vm, &info, clone);
+    let built = fill(tart_vm_dir, template_dir, &vm, &info, &vz_options, clone);
     if built.is_err() {
         if let Err(error) = remove_half_built(template_dir) {
             tracing::error!(template = %template_dir.display(), error = %error, "cannot remove a half-built template");
@@ -263,6 +305,7 @@ fn fill(
     template_dir: &Path,
     vm: &TartVm,
     info: &TemplateInfo,
+    options: &VzOptions,
     clone: CloneFn<'_>,
 ) -> Result<ImportedTemplate, TartError> {
     for (src, dst) in [(DISK, DISK_FILE), (NVRAM, AUXILIARY_STORAGE_FILE)] {
@@ -272,11 +315,13 @@ fn fill(
     hardware::write_hardware_model(template_dir, &vm.hardware_model)
         .map_err(TemplateError::from)?;
     template::write_metadata(template_dir, info)?;
+    template::write_options(template_dir, options)?;
     template::seal(template_dir)?;
     Ok(ImportedTemplate {
         dir: template_dir.to_path_buf(),
         metadata: info.metadata(),
         hardware_model: vm.hardware_model.clone(),
+        options: options.clone(),
     })
 }
 
@@ -333,6 +378,14 @@ mod tests {
         assert_eq!(vm.config.os, "darwin");
         assert_eq!(vm.config.arch, "arm64");
         assert_eq!(vm.config.display, None);
+        assert_eq!(vm.disk_format, DiskFormat::Raw, "absent diskFormat is raw");
+        config["diskFormat"] = serde_json::json!("asif");
+        let vm = parse_config(
+            Path::new("/vm"),
+            &serde_json::to_vec(&config).expect("json"),
+        )
+        .expect("asif parses");
+        assert_eq!(vm.disk_format, DiskFormat::Asif);
     }
 
     #[test]
@@ -345,6 +398,7 @@ mod tests {
             ("ecid", serde_json::json!(""), "ecid"),
             ("macAddress", serde_json::json!("nope"), "macAddress"),
             ("cpuCount", serde_json::json!(0), "cpuCount"),
+            ("diskFormat", serde_json::json!("qcow2"), "diskFormat"),
         ];
         for (field, value, needle) in cases {
             let mut config = fixture_config();

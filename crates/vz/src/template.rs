@@ -4,18 +4,117 @@
 //! are plain file work; whether the hardware model runs on this host is asked of the framework
 //! (`ffi::hardware_model_supported`).
 //!
+//! `VzOptions.json` ([`VzOptions`]) holds what only the vz backend reads: the display, the
+//! machine identity policy (and the template's identifier for `"template"`), the disk format.
+//! It is optional (absent: the defaults) and never cloned into bundles.
+//!
 //! `diskFiles` lists [`CLONED_FILES`]: the two disks and `HardwareModel.json`. The agent clones
 //! them into every runner bundle, so the backend finds the hardware model in the bundle (its
 //! VM spec names the bundle, not the template).
 
+use crate::devices::Display;
+use crate::disk_format::DiskFormat;
 use crate::fsutil;
-use crate::hardware::{self, HardwareError, HardwareModel, HARDWARE_MODEL_FILE};
+use crate::hardware::{
+    self, HardwareError, HardwareModel, VzMachineIdentifier, HARDWARE_MODEL_FILE,
+};
+use crate::identity::MachineIdentityPolicy;
 use crate::plan::{AUXILIARY_STORAGE_FILE, DISK_FILE};
 use serde::{Deserialize, Serialize};
 use shoes_vz_model::ids::validate_name;
 use std::path::{Path, PathBuf};
 
 pub const METADATA_FILE: &str = "TemplateMetadata.json";
+/// The vz backend's own template options ([`VzOptions`]); optional.
+pub const OPTIONS_FILE: &str = "VzOptions.json";
+
+/// `VzOptions.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VzOptions {
+    /// `"per-runner"` (default) or `"template"` ([`crate::identity`]).
+    #[serde(default)]
+    pub machine_identity: MachineIdentityPolicy,
+    /// The template's own identifier (tart's `ecid`), used by `"template"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_identifier: Option<VzMachineIdentifier>,
+    /// The guests' display; `null` for headless guests (WindowServer may crash, UTM#4760, and
+    /// UI jobs fail: only for images known to cope).
+    #[serde(default = "default_display")]
+    pub display: Option<Display>,
+    #[serde(default)]
+    pub disk_format: DiskFormat,
+}
+
+fn default_display() -> Option<Display> {
+    Some(Display::default())
+}
+
+impl Default for VzOptions {
+    fn default() -> Self {
+        Self {
+            machine_identity: MachineIdentityPolicy::default(),
+            machine_identifier: None,
+            display: default_display(),
+            disk_format: DiskFormat::default(),
+        }
+    }
+}
+
+impl VzOptions {
+    pub fn validate(&self) -> Result<(), TemplateError> {
+        if self.machine_identity == MachineIdentityPolicy::Template
+            && self.machine_identifier.is_none()
+        {
+            return Err(TemplateError::Invalid(
+                "machineIdentity = \"template\" needs the template's machineIdentifier".into(),
+            ));
+        }
+        if let Some(display) = self.display {
+            if !display.is_valid() {
+                return Err(TemplateError::Invalid(format!(
+                    "display {}x{} at {} ppi is out of range (1-8192 pixels, 36-600 ppi)",
+                    display.width_px, display.height_px, display.pixels_per_inch
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `<dir>/VzOptions.json` (sealed with the rest by [`seal`]).
+pub fn write_options(dir: &Path, options: &VzOptions) -> Result<PathBuf, TemplateError> {
+    options.validate()?;
+    let path = dir.join(OPTIONS_FILE);
+    fsutil::write_json_atomic(&path, options).map_err(|source| TemplateError::Io {
+        action: "write",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Reads `<dir>/VzOptions.json`; the defaults when the template has none.
+pub fn read_options(dir: &Path) -> Result<VzOptions, TemplateError> {
+    let path = dir.join(OPTIONS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VzOptions::default()),
+        Err(source) => {
+            return Err(TemplateError::Io {
+                action: "read",
+                path,
+                source,
+            })
+        }
+    };
+    let options: VzOptions = serde_json::from_slice(&bytes).map_err(|e| TemplateError::Check {
+        dir: dir.to_path_buf(),
+        problem: format!("{OPTIONS_FILE} is not valid: {e}"),
+    })?;
+    options.validate()?;
+    Ok(options)
+}
 pub const BACKEND: &str = "vz";
 /// The files the VM writes: made owner-writable again in each runner bundle.
 pub const DISK_FILES: [&str; 2] = [DISK_FILE, AUXILIARY_STORAGE_FILE];
@@ -169,7 +268,9 @@ pub fn write_metadata(dir: &Path, info: &TemplateInfo) -> Result<PathBuf, Templa
 
 /// Makes every template file read-only: the last step of creating a template.
 pub fn seal(dir: &Path) -> Result<(), TemplateError> {
-    for file in TEMPLATE_FILES {
+    let options = dir.join(OPTIONS_FILE);
+    let optional = options.exists().then_some(OPTIONS_FILE);
+    for file in TEMPLATE_FILES.into_iter().chain(optional) {
         let path = dir.join(file);
         fsutil::make_read_only(&path).map_err(|source| TemplateError::Io {
             action: "make read-only",
@@ -186,6 +287,7 @@ pub struct CheckedTemplate {
     pub dir: PathBuf,
     pub metadata: TemplateMetadata,
     pub hardware_model: HardwareModel,
+    pub options: VzOptions,
 }
 
 /// Checks a vz template's files: metadata for backend `vz` listing exactly [`CLONED_FILES`],
@@ -195,7 +297,8 @@ pub fn check(dir: &Path) -> Result<CheckedTemplate, TemplateError> {
         dir: dir.to_path_buf(),
         problem,
     };
-    for file in TEMPLATE_FILES {
+    let optional = dir.join(OPTIONS_FILE).exists().then_some(OPTIONS_FILE);
+    for file in TEMPLATE_FILES.into_iter().chain(optional) {
         let path = dir.join(file);
         let meta = std::fs::symlink_metadata(&path)
             .map_err(|e| problem(format!("{file} cannot be read: {e}")))?;
@@ -225,10 +328,12 @@ pub fn check(dir: &Path) -> Result<CheckedTemplate, TemplateError> {
         )));
     }
     let hardware_model = hardware::read_hardware_model(dir)?;
+    let options = read_options(dir)?;
     Ok(CheckedTemplate {
         dir: dir.to_path_buf(),
         metadata,
         hardware_model,
+        options,
     })
 }
 
@@ -379,6 +484,44 @@ pub(crate) mod tests {
         seal(&dir).expect("seal");
         let error = check(&dir).expect_err("old diskFiles").to_string();
         assert!(error.contains("HardwareModel.json"), "{error}");
+    }
+
+    #[test]
+    fn options_default_when_absent_and_are_checked_when_present() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("t");
+        write_template(&dir);
+        seal(&dir).expect("seal");
+        let checked = check(&dir).expect("no VzOptions.json is fine");
+        assert_eq!(checked.options, VzOptions::default());
+        assert_eq!(checked.options.display, Some(Display::default()));
+
+        let dir = root.path().join("u");
+        write_template(&dir);
+        let options = VzOptions {
+            machine_identity: MachineIdentityPolicy::Template,
+            machine_identifier: Some(
+                VzMachineIdentifier::from_bytes(b"ecid".to_vec()).expect("id"),
+            ),
+            display: None,
+            disk_format: DiskFormat::Asif,
+        };
+        write_options(&dir, &options).expect("write");
+        assert!(check(&dir).is_err(), "VzOptions.json must be sealed too");
+        seal(&dir).expect("seal");
+        assert_eq!(check(&dir).expect("valid").options, options);
+
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(OPTIONS_FILE)).expect("read"))
+                .expect("json");
+        assert_eq!(json["machineIdentity"], "template");
+        assert_eq!(json["diskFormat"], "asif");
+        assert!(json["display"].is_null());
+        let no_identifier = VzOptions {
+            machine_identifier: None,
+            ..options
+        };
+        assert!(write_options(&dir, &no_identifier).is_err());
     }
 
     fn seal_what_exists(dir: &Path) {

@@ -1,8 +1,11 @@
 //! `import_tart` end to end on the committed fixture (tart's real on-disk format).
 
+use shoes_vz_vz::disk_format::DiskFormat;
 use shoes_vz_vz::hardware;
+use shoes_vz_vz::identity::MachineIdentityPolicy;
 use shoes_vz_vz::tart::{self, TartError, TartImportOptions};
 use shoes_vz_vz::template::{self, TemplateLimits};
+use shoes_vz_vz::version::MacosVersion;
 use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
@@ -70,12 +73,76 @@ fn imports_a_sealed_template_the_agent_can_load() {
             "{file} is writable"
         );
     }
-    // tart's own machine identifier is not carried into the template.
+    // By default (per-runner identity) tart's own machine identifier is not carried over.
     let names: Vec<String> = std::fs::read_dir(&dir)
         .expect("ls")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names.len(), template::TEMPLATE_FILES.len(), "{names:?}");
+    assert_eq!(names.len(), template::TEMPLATE_FILES.len() + 1, "{names:?}");
+    assert!(names.iter().any(|n| n == template::OPTIONS_FILE));
+    assert_eq!(
+        checked.options.machine_identity,
+        MachineIdentityPolicy::PerRunner
+    );
+    assert_eq!(checked.options.machine_identifier, None);
+    assert_eq!(checked.options.disk_format, DiskFormat::Raw);
+}
+
+#[test]
+fn template_identity_keeps_tarts_ecid() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("t");
+    let mut options = options();
+    options.machine_identity = MachineIdentityPolicy::Template;
+    tart::import_tart(&fixture(), &dir, &options, &copy).expect("import");
+    let checked = template::check(&dir).expect("sealed");
+    let vm = tart::read_vm(&fixture()).expect("fixture");
+    assert_eq!(
+        checked.options.machine_identity,
+        MachineIdentityPolicy::Template
+    );
+    assert_eq!(
+        checked.options.machine_identifier,
+        Some(vm.machine_identifier)
+    );
+}
+
+#[test]
+fn an_asif_disk_is_refused_below_macos_26_and_kept_otherwise() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let vm = root.path().join("vm");
+    std::fs::create_dir(&vm).expect("mkdir");
+    for file in ["disk.img", "nvram.bin"] {
+        std::fs::copy(fixture().join(file), vm.join(file)).expect("copy");
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("config.json")).expect("read"))
+            .expect("json");
+    config["diskFormat"] = serde_json::json!("asif");
+    std::fs::write(
+        vm.join("config.json"),
+        serde_json::to_vec(&config).expect("json"),
+    )
+    .expect("write");
+
+    let mut options = options();
+    options.host_macos = Some(MacosVersion::new(15, 5, 0));
+    let dir = root.path().join("t");
+    let error = tart::import_tart(&vm, &dir, &options, &copy).expect_err("ASIF on macOS 15");
+    assert!(matches!(error, TartError::DiskFormat { .. }), "{error}");
+    let chain = format!(
+        "{error}: {}",
+        std::error::Error::source(&error).expect("cause")
+    );
+    assert!(chain.contains("macOS 26.0.0"), "{chain}");
+    assert!(!dir.exists(), "nothing written");
+
+    options.host_macos = Some(MacosVersion::new(26, 1, 0));
+    tart::import_tart(&vm, &dir, &options, &copy).expect("ASIF on macOS 26");
+    assert_eq!(
+        template::check(&dir).expect("sealed").options.disk_format,
+        DiskFormat::Asif
+    );
 }
 
 #[test]

@@ -179,4 +179,15 @@ pub trait Hypervisor: Send + Sync {
     fn restored_guest_token_file(&self, _runner_id: &RunnerId) -> Option<PathBuf> {
         None
     }
+
+    /// The backend's private channel to the guest's runner-agent API, when it has one (vz:
+    /// vsock through `VZVirtioSocketDevice`, which only the host reaches). The agent sends
+    /// the restored guest's identity refresh (new token, SSH host key) through it instead of
+    /// to a network address that may, by then, belong to another guest.
+    fn guest_channel(
+        &self,
+        _runner_id: &RunnerId,
+    ) -> Option<Arc<dyn crate::guest_api::GuestChannel>> {
+        None
+    }
 }

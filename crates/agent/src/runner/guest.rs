@@ -119,7 +119,6 @@ impl RunnerManager {
         config: &GuestConfig,
         within: Duration,
     ) -> Result<(), GuestError> {
-        let http_addr = http_addr.ok_or(GuestError::NoGuestApi)?;
         // The backend knows which saved guest it restored (a vz warm slot has its own token);
         // otherwise the warm template holds it.
         let token_file = self
@@ -147,7 +146,14 @@ impl RunnerManager {
             source,
         })?;
         let warm_token = ApiToken::new(text.trim().to_string()).map_err(GuestError::Token)?;
-        let api = GuestApi::new(self.guest_channel.http.clone(), http_addr, warm_token);
+        let api = match self.hypervisor.guest_channel(runner_id) {
+            // The backend's private channel (vz: vsock): the secrets never cross a network.
+            Some(channel) => GuestApi::over_channel(channel, warm_token),
+            None => {
+                let http_addr = http_addr.ok_or(GuestError::NoGuestApi)?;
+                GuestApi::new(self.guest_channel.http.clone(), http_addr, warm_token)
+            }
+        };
         // The restored runner-agent answers at once, but its forwarded port may need a moment.
         let deadline = tokio::time::Instant::now() + within;
         loop {

@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
 pub struct DevArgs {
-    /// Hypervisor backend [default: qemu on Linux, else test]. `test` plays VMs with loopback
-    /// SSH servers and isolates nothing.
+    /// Hypervisor backend [default: qemu on Linux; on macOS vz when a vz template exists in
+    /// --templates-dir; else test]. `test` plays VMs with loopback SSH servers and isolates
+    /// nothing.
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
+    /// vz: the macOS templates to serve [default: the agent's templates_dir].
+    #[arg(long, env = "SHOESVZ_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
     /// qemu: also make the test guest's warm template and take demo runners through both paths.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     warm: bool,
@@ -66,17 +70,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| std::env::temp_dir().join("shoes-vz-dev"));
-    let backend = args.backend.unwrap_or_else(default_backend);
+    let vz_templates = args
+        .templates_dir
+        .clone()
+        .unwrap_or_else(|| shoes_vz_agent::config::AgentConfig::default().templates_dir);
+    let backend = args
+        .backend
+        .unwrap_or_else(|| default_backend(&vz_templates));
     let generated = args.token.is_none();
     let token = args.token.unwrap_or_else(uuid_token);
     let mut options = ClusterOptions::new(&data_dir, &token);
     options.listen = args.listen;
     options.metrics_listen = Some(args.metrics_listen);
     options.backend = backend;
-    options.warm = args.warm && backend == BackendKind::Qemu;
+    options.warm = args.warm && matches!(backend, BackendKind::Qemu | BackendKind::Vz);
     options.agents = args.agents.max(1);
     options.max_runners_per_agent = args.max_runners;
     options.boot_delay = Duration::from_millis(args.boot_delay_ms);
+    if backend == BackendKind::Vz {
+        options.templates_dir = Some(vz_templates);
+    }
     let cluster = LocalCluster::start(options).await?;
     cluster
         .wait_agents_online(cluster.options.agents as i64, Duration::from_secs(30))
@@ -112,7 +125,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         };
         let client = cluster.client().await?;
         let mut paths = vec![("cold", vec!["self-hosted".to_string(), "linux".to_string()])];
-        if cluster.options.warm {
+        if backend == BackendKind::Vz {
+            // One template: its runners restore a warm slot when slots exist and --warm is
+            // on (vz.warm_slots), else boot cold.
+            let path = if cluster.options.warm { "warm" } else { "cold" };
+            paths = vec![(path, vec!["self-hosted".to_string()])];
+        } else if cluster.options.warm {
             paths.push(("warm", vec!["self-hosted".to_string(), "warm".to_string()]));
         }
         demo(&host, client, args.demo, &paths).await?;
@@ -131,7 +149,17 @@ fn uuid_token() -> String {
     format!("dev-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn default_backend() -> BackendKind {
+fn default_backend(vz_templates: &std::path::Path) -> BackendKind {
+    if cfg!(target_os = "macos") {
+        let found = shoes_vz_agent::template::load_all(vz_templates, "vz")
+            .ok()
+            .and_then(|templates| templates.into_keys().next());
+        let (backend, note) = mac_backend(found.as_deref(), vz_templates);
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        return backend;
+    }
     if !cfg!(target_os = "linux") {
         return BackendKind::Test;
     }
@@ -155,6 +183,21 @@ fn default_backend() -> BackendKind {
         missing.join(", ")
     );
     BackendKind::Test
+}
+
+/// On macOS: vz when a vz template exists, else one line on how to get one and the test
+/// backend.
+fn mac_backend(vz_template: Option<&str>, dir: &std::path::Path) -> (BackendKind, Option<String>) {
+    match vz_template {
+        Some(_) => (BackendKind::Vz, None),
+        None => (
+            BackendKind::Test,
+            Some(format!(
+                "no vz template in {}: make one with `shoes-vz template create --ipsw latest --name macos` or `shoes-vz template import-tart ~/.tart/vms/NAME --name macos`; using the TEST backend (no VMs) for now",
+                dir.display()
+            )),
+        ),
+    }
 }
 
 /// One runner's life as seen from myshoes' side.
@@ -285,5 +328,25 @@ async fn wait_running(client: &mut ShoesClient, cloud_id: &str) -> anyhow::Resul
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mac_uses_vz_with_a_template_and_says_how_to_get_one_without() {
+        let dir = std::path::Path::new("/opt/myshoes/vz/templates");
+        assert_eq!(mac_backend(Some("macos-26"), dir), (BackendKind::Vz, None));
+        let (backend, note) = mac_backend(None, dir);
+        assert_eq!(backend, BackendKind::Test);
+        let note = note.expect("one line");
+        assert_eq!(note.lines().count(), 1);
+        assert!(
+            note.contains("--ipsw latest") && note.contains("import-tart"),
+            "{note}"
+        );
+        assert!(note.contains("/opt/myshoes/vz/templates"), "{note}");
     }
 }

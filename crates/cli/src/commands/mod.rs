@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod dev;
+pub mod doctor;
 pub mod runners;
 pub mod template;
 pub mod template_vz;

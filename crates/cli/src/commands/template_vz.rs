@@ -46,12 +46,15 @@ pub struct NewTemplateArgs {
 }
 
 impl NewTemplateArgs {
-    fn target_dir(&self) -> PathBuf {
-        let templates_dir = self
-            .templates_dir
+    fn templates_dir(&self) -> PathBuf {
+        self.templates_dir
             .clone()
-            .unwrap_or_else(|| AgentConfig::default().templates_dir);
-        templates_dir.join(format!("{}-{}", self.name, self.version))
+            .unwrap_or_else(|| AgentConfig::default().templates_dir)
+    }
+
+    fn target_dir(&self) -> PathBuf {
+        self.templates_dir()
+            .join(format!("{}-{}", self.name, self.version))
     }
 
     fn guest_agent(&self) -> Option<GuestAgent> {
@@ -76,13 +79,20 @@ pub struct ImportTartArgs {
     /// The tart VM directory (e.g. ~/.tart/vms/NAME), shut down; on the same copy-on-write
     /// volume as the templates directory.
     dir: PathBuf,
+    /// `per-runner`: every runner gets a fresh machine identifier (default). `template`: every
+    /// runner keeps the tart VM's (its `ecid`), as tart clones do; use it for images that boot
+    /// into Setup Assistant on a new identifier (macOS 26.4+, tart#1222). docs/macos.md §3.
+    #[arg(long, value_parser = ["per-runner", "template"], default_value = "per-runner")]
+    machine_identity: String,
     #[command(flatten)]
     template: NewTemplateArgs,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
-    /// The macOS restore image (.ipsw) to install.
+    /// The macOS restore image (.ipsw) to install, or `latest`: the newest one this Mac
+    /// supports (Virtualization.framework asks Apple's catalog), downloaded resume-safe to
+    /// `<templates-dir>/.ipsw/` (run again to continue an interrupted download).
     #[arg(long)]
     ipsw: PathBuf,
     #[command(flatten)]
@@ -141,8 +151,27 @@ impl WarmVzArgs {
     }
 }
 
+/// VMs started as root fail on macOS 15+ (the VZ service needs the user's unlocked login
+/// keychain: tart#921, #1075); `template create` and `warm-vz` start VMs, so not under sudo.
+pub fn refuse_root(is_root: bool, macos: bool) -> anyhow::Result<()> {
+    if is_root && macos {
+        anyhow::bail!(
+            "do not run this as root (sudo): since macOS 15 Virtualization.framework refuses to \
+             start VMs for root (\"Failed to generate keypair\"); run it as the user that owns \
+             the VMs and the templates directory (docs/macos.md §5)"
+        );
+    }
+    Ok(())
+}
+
+fn running_as_root() -> bool {
+    use shoes_vz_agent::doctor::Probes;
+    shoes_vz_agent::doctor::SystemProbes.running_as_root()
+}
+
 /// Warms the template's slots one after another (one VM at a time).
 pub async fn warm_vz(args: WarmVzArgs) -> anyhow::Result<()> {
+    refuse_root(running_as_root(), cfg!(target_os = "macos"))?;
     let request = args.request()?;
     let warmed = shoes_vz_agent::hypervisor::vz::warm_template(&request).await?;
     for slot in &warmed {
@@ -179,17 +208,26 @@ pub async fn import_tart(args: ImportTartArgs) -> anyhow::Result<()> {
         vm.config.cpu_count,
         vm.config.memory_size / shoes_vz_vz::limits::MIB,
     ));
+    options.machine_identity = if args.machine_identity == "template" {
+        shoes_vz_vz::identity::MachineIdentityPolicy::Template
+    } else {
+        shoes_vz_vz::identity::MachineIdentityPolicy::PerRunner
+    };
+    // On a Mac an ASIF disk is refused here below macOS 26; elsewhere the agent checks it.
+    options.host_macos = shoes_vz_vz::probe().ok().map(|host| host.macos);
     let imported = tokio::task::spawn_blocking(move || {
         tart::import_tart(&source, &target, &options, &tart::reflink_clone)
     })
     .await
     .context("the import task failed")??;
     println!(
-        "imported {} as template {} {}: {}",
+        "imported {} as template {} {}: {} (machine identity {}, disk {})",
         args.dir.display(),
         imported.metadata.name,
         imported.metadata.version,
-        imported.dir.display()
+        imported.dir.display(),
+        args.machine_identity,
+        imported.options.disk_format
     );
     report_hardware_model(&imported.hardware_model)?;
     println!("the agent serves it from its next start");
@@ -221,9 +259,15 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     use shoes_vz_vz::ffi::{install_from_ipsw, IpswInstall};
     use shoes_vz_vz::template::TemplateInfo;
 
+    refuse_root(running_as_root(), cfg!(target_os = "macos"))?;
     let template = &args.template;
+    let ipsw = if args.ipsw.as_os_str() == LATEST {
+        fetch_latest(&template.templates_dir()).await?
+    } else {
+        args.ipsw.clone()
+    };
     let request = IpswInstall {
-        ipsw: args.ipsw.clone(),
+        ipsw,
         template_dir: template.target_dir(),
         info: TemplateInfo {
             name: template.name.clone(),
@@ -280,6 +324,55 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--ipsw latest`.
+pub const LATEST: &str = "latest";
+
+/// Where `--ipsw latest` keeps restore images: on the templates volume, so the install reads
+/// it locally and an interrupted download resumes.
+pub fn ipsw_dir(templates_dir: &std::path::Path) -> PathBuf {
+    templates_dir.join(".ipsw")
+}
+
+/// Asks the framework for the newest restore image this host supports and downloads it
+/// (resume-safe, with a progress bar).
+#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
+async fn fetch_latest(templates_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let latest =
+        shoes_vz_vz::ffi::fetch_latest_supported(std::time::Duration::from_secs(120)).await?;
+    println!(
+        "latest restore image this Mac supports: macOS {} ({})",
+        latest.os_version, latest.build_version
+    );
+    let dest = ipsw_dir(templates_dir).join(crate::download::file_name_for(
+        &latest.url,
+        &format!("macOS-{}.ipsw", latest.build_version),
+    ));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "downloading {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+        )
+        .context("progress bar template")?,
+    );
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("cannot make an HTTP client")?;
+    let progress = bar.clone();
+    let downloaded = crate::download::download(&client, &latest.url, &dest, move |done, total| {
+        if let Some(total) = total {
+            progress.set_length(total);
+        }
+        progress.set_position(done);
+    })
+    .await;
+    match &downloaded {
+        Ok(_) => bar.finish(),
+        Err(_) => bar.abandon(),
+    }
+    Ok(downloaded?)
+}
+
 /// Off macOS there is no Virtualization.framework to install with.
 #[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
 pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
@@ -300,6 +393,14 @@ mod tests {
             slot,
             boot_timeout: 60,
         }
+    }
+
+    #[test]
+    fn vm_commands_refuse_root_on_macos() {
+        let error = refuse_root(true, true).expect_err("root on a Mac");
+        assert!(error.to_string().contains("docs/macos.md"), "{error}");
+        refuse_root(false, true).expect("a normal user");
+        refuse_root(true, false).expect("off macOS the framework is absent anyway");
     }
 
     #[test]

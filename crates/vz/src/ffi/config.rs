@@ -2,6 +2,7 @@
 //! plan's documented order (a Saved State restore needs the same layout every time).
 
 use super::foundation::{data, file_url, plain_error};
+use crate::devices::{Keyboard, Pointer};
 use crate::errors::{framework_error, VzError};
 use crate::plan::{DiskSync, Display, VmPlan};
 use objc2::rc::Retained;
@@ -9,13 +10,16 @@ use objc2::AnyThread;
 use objc2_foundation::{NSArray, NSInteger, NSString, NSUInteger};
 use objc2_virtualization::{
     VZDiskImageCachingMode, VZDiskImageStorageDeviceAttachment, VZDiskImageSynchronizationMode,
-    VZEntropyDeviceConfiguration, VZGraphicsDeviceConfiguration, VZMACAddress,
-    VZMacAuxiliaryStorage, VZMacGraphicsDeviceConfiguration, VZMacGraphicsDisplayConfiguration,
-    VZMacHardwareModel, VZMacMachineIdentifier, VZMacOSBootLoader, VZMacPlatformConfiguration,
-    VZNATNetworkDeviceAttachment, VZNetworkDeviceConfiguration, VZSocketDeviceConfiguration,
-    VZStorageDeviceConfiguration, VZVirtioBlockDeviceConfiguration,
-    VZVirtioEntropyDeviceConfiguration, VZVirtioNetworkDeviceConfiguration,
-    VZVirtioSocketDeviceConfiguration, VZVirtualMachineConfiguration,
+    VZEntropyDeviceConfiguration, VZGraphicsDeviceConfiguration, VZKeyboardConfiguration,
+    VZMACAddress, VZMacAuxiliaryStorage, VZMacGraphicsDeviceConfiguration,
+    VZMacGraphicsDisplayConfiguration, VZMacHardwareModel, VZMacKeyboardConfiguration,
+    VZMacMachineIdentifier, VZMacOSBootLoader, VZMacPlatformConfiguration,
+    VZMacTrackpadConfiguration, VZNATNetworkDeviceAttachment, VZNetworkDeviceConfiguration,
+    VZPointingDeviceConfiguration, VZSocketDeviceConfiguration, VZStorageDeviceConfiguration,
+    VZUSBKeyboardConfiguration, VZUSBScreenCoordinatePointingDeviceConfiguration,
+    VZVirtioBlockDeviceConfiguration, VZVirtioEntropyDeviceConfiguration,
+    VZVirtioNetworkDeviceConfiguration, VZVirtioSocketDeviceConfiguration,
+    VZVirtualMachineConfiguration,
 };
 use std::path::Path;
 
@@ -53,21 +57,46 @@ pub(crate) fn build(plan: &VmPlan) -> Result<Retained<VZVirtualMachineConfigurat
     unsafe {
         config.setStorageDevices(&NSArray::from_retained_slice(&disks));
         config.setNetworkDevices(&NSArray::from_retained_slice(&[network]));
-        if plan.entropy {
+        if plan.devices.entropy {
             config.setEntropyDevices(&NSArray::from_retained_slice(&[entropy]));
         }
     }
-    if plan.vsock {
+    if plan.devices.vsock {
         // SAFETY: a virtio socket device needs no arguments.
         let socket: Retained<VZSocketDeviceConfiguration> =
             Retained::into_super(unsafe { VZVirtioSocketDeviceConfiguration::new() });
         // SAFETY: setter on an unshared configuration.
         unsafe { config.setSocketDevices(&NSArray::from_retained_slice(&[socket])) };
     }
-    if let Some(display) = plan.graphics {
+    if let Some(display) = plan.devices.display {
         let graphics = graphics(display)?;
         // SAFETY: setter on an unshared configuration.
         unsafe { config.setGraphicsDevices(&NSArray::from_retained_slice(&[graphics])) };
+    }
+    if let Some(keyboard) = plan.devices.keyboard {
+        let keyboard: Retained<VZKeyboardConfiguration> = match keyboard {
+            // SAFETY: keyboard configurations need no arguments (the Mac keyboard needs a
+            // macOS 14 host; the plan picks USB below that).
+            Keyboard::Mac => Retained::into_super(unsafe { VZMacKeyboardConfiguration::new() }),
+            // SAFETY: as above.
+            Keyboard::Usb => Retained::into_super(unsafe { VZUSBKeyboardConfiguration::new() }),
+        };
+        // SAFETY: setter on an unshared configuration.
+        unsafe { config.setKeyboards(&NSArray::from_retained_slice(&[keyboard])) };
+    }
+    if let Some(pointer) = plan.devices.pointer {
+        let pointer: Retained<VZPointingDeviceConfiguration> = match pointer {
+            Pointer::MacTrackpad => {
+                // SAFETY: pointing device configurations need no arguments.
+                Retained::into_super(unsafe { VZMacTrackpadConfiguration::new() })
+            }
+            // SAFETY: as above.
+            Pointer::UsbScreenCoordinate => Retained::into_super(unsafe {
+                VZUSBScreenCoordinatePointingDeviceConfiguration::new()
+            }),
+        };
+        // SAFETY: setter on an unshared configuration.
+        unsafe { config.setPointingDevices(&NSArray::from_retained_slice(&[pointer])) };
     }
 
     // SAFETY: validation only reads the configuration.

@@ -7,6 +7,7 @@
 
 use super::foundation::{done_channel, file_url, plain_error, send_once, wait};
 use super::vm::{VzVm, QUICK_TIMEOUT};
+use crate::devices::VmPurpose;
 use crate::errors::{framework_error, VzError};
 use crate::hardware::{self, HardwareModel};
 use crate::limits::{HostReserve, MIB};
@@ -143,6 +144,65 @@ pub async fn load_restore_image(
     wait("load the restore image", receiver, timeout).await
 }
 
+/// The newest restore image this host supports, as Apple's catalog names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestRestoreImage {
+    /// An https URL of the `.ipsw` (download it, then install from the file).
+    pub url: String,
+    pub build_version: String,
+    pub os_version: MacosVersion,
+}
+
+/// `VZMacOSRestoreImage fetchLatestSupportedWithCompletionHandler:` (asks Apple's catalog over
+/// the network; the handler runs on an arbitrary thread).
+pub async fn fetch_latest_supported(timeout: Duration) -> Result<LatestRestoreImage, VzError> {
+    const OPERATION: &str = "fetch the latest supported restore image";
+    let (done, receiver) = done_channel();
+    {
+        // Objective-C objects stay inside this block: the future remains `Send`.
+        let block = RcBlock::new(
+            move |image: *mut VZMacOSRestoreImage, error: *mut NSError| {
+                // SAFETY: the framework passes null or valid objects for this call.
+                let result = match unsafe { (image.as_ref(), error.as_ref()) } {
+                    (_, Some(error)) => Err(framework_error(OPERATION, plain_error(error))),
+                    (Some(image), None) => {
+                        // SAFETY: reading properties of the fetched image inside its handler.
+                        let (url, build, version) = unsafe {
+                            (
+                                image.URL().absoluteString().map(|s| s.to_string()),
+                                image.buildVersion().to_string(),
+                                image.operatingSystemVersion(),
+                            )
+                        };
+                        let clamp = |v: isize| u32::try_from(v).unwrap_or(0);
+                        url.ok_or(VzError::InvalidData {
+                            what: "the latest restore image's URL",
+                            hint: "the catalog gave no URL; download an IPSW yourself and pass --ipsw PATH",
+                        })
+                        .map(|url| LatestRestoreImage {
+                            url,
+                            build_version: build,
+                            os_version: MacosVersion::new(
+                                clamp(version.majorVersion),
+                                clamp(version.minorVersion),
+                                clamp(version.patchVersion),
+                            ),
+                        })
+                    }
+                    (None, None) => Err(VzError::Abandoned {
+                        operation: OPERATION,
+                        detail: "the framework returned neither an image nor an error",
+                    }),
+                };
+                send_once(&done, result);
+            },
+        );
+        // SAFETY: a class method with a block the framework copies.
+        unsafe { VZMacOSRestoreImage::fetchLatestSupportedWithCompletionHandler(&block) };
+    }
+    wait(OPERATION, receiver, timeout).await
+}
+
 /// Creates `AuxiliaryStorage` for `model` at `path` (fails if it exists).
 fn create_auxiliary_storage(path: &Path, model: &HardwareModel) -> Result<(), VzError> {
     let url = file_url(path)?;
@@ -197,7 +257,7 @@ pub async fn install_from_ipsw(
         })?;
     let image = load_restore_image(&request.ipsw, QUICK_TIMEOUT * 4).await?;
     template::create_dir(&request.template_dir)?;
-    let built = fill(request, &image, host.limits(reserve), &mut progress).await;
+    let built = fill(request, &image, &host, reserve, &mut progress).await;
     if built.is_err() {
         if let Err(error) = std::fs::remove_dir_all(&request.template_dir) {
             tracing::error!(template = %request.template_dir.display(), error = %error, "cannot remove a half-built template");
@@ -209,7 +269,8 @@ pub async fn install_from_ipsw(
 async fn fill(
     request: &IpswInstall,
     image: &RestoreImageInfo,
-    limits: crate::limits::Limits,
+    host: &crate::host::HostInfo,
+    reserve: HostReserve,
     progress: &mut (impl FnMut(f64) + Send),
 ) -> Result<InstalledTemplate, VzError> {
     let dir = &request.template_dir;
@@ -240,11 +301,12 @@ async fn fill(
             machine_identifier: super::host::new_machine_identifier()?,
             mac: MacAddress::derive(random_u64()),
             config_disk: None,
-            vsock: false,
-            graphics: Some(Display::default()),
+            purpose: VmPurpose::Install,
+            host_macos: host.macos,
+            display: Some(Display::default()),
             disk_sync: DiskSync::Full,
         },
-        &limits,
+        &host.limits(reserve),
     )?;
     let vm = VzVm::create(&plan, "ipsw-install").await?;
     let ipsw = request.ipsw.clone();

@@ -14,7 +14,9 @@
 //! - `config`: plan → `VZVirtualMachineConfiguration` (validated).
 //! - [`vm`]: [`VzVm`]: create, start, stop, pause/resume, save/restore, state.
 //! - `observer`: the `VZVirtualMachineDelegate` that reports guest stops and errors.
-//! - [`install`]: `template create --ipsw` (restore image, auxiliary storage, installer).
+//! - `vsock`: [`VzVm::connect_vsock`], the host's end of the guest's virtio socket.
+//! - [`install`]: `template create --ipsw` (restore image, auxiliary storage, installer,
+//!   `fetchLatestSupported`).
 //! - `foundation`: NSURL/NSData/NSError helpers and completion blocks.
 
 mod config;
@@ -23,9 +25,13 @@ pub mod host;
 pub mod install;
 mod observer;
 pub mod vm;
+mod vsock;
 
 pub use host::{assign_machine_identifier, hardware_model_supported, new_machine_identifier};
-pub use install::{install_from_ipsw, InstalledTemplate, IpswInstall, RestoreImageInfo};
+pub use install::{
+    fetch_latest_supported, install_from_ipsw, InstalledTemplate, IpswInstall, LatestRestoreImage,
+    RestoreImageInfo,
+};
 pub use vm::{StopOutcome, VzVm};
 
 use crate::errors::codes;

@@ -334,6 +334,27 @@ impl VzVm {
         Ok(StopOutcome::Forced)
     }
 
+    /// Stops the VM at once and releases its framework objects, returning only when both are
+    /// done: the framework's 2-VM count has this VM off it before a cold fallback starts
+    /// another (a dropped handle would release it some time later).
+    pub async fn release(self, timeout: Duration) -> Result<(), VzError> {
+        let stopped = self.force_stop(timeout).await;
+        let (sender, receiver) = oneshot::channel();
+        let inner = Arc::clone(&self.inner);
+        self.inner.queue.exec_async(move || {
+            let objects = inner
+                .objects
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            // Dropped here, on the VM's queue.
+            drop(objects.map(QueueBound::into_inner));
+            let _ = sender.send(Ok(()));
+        });
+        wait("release the VM", receiver, timeout).await?;
+        stopped
+    }
+
     /// Stops the VM at once (like pulling the power cord).
     pub async fn force_stop(&self, timeout: Duration) -> Result<(), VzError> {
         const OPERATION: &str = "stop the VM";

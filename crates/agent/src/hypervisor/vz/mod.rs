@@ -2,11 +2,20 @@
 //! silicon. Everywhere else [`VzBackend::new`] is a typed [`HypervisorError::Unsupported`].
 //!
 //! Per runner: the bundle's cloned `Disk.img`, `AuxiliaryStorage` and `HardwareModel.json`
-//! (a vz template lists all three in `diskFiles`), a fresh framework machine identifier written
-//! into the bundle's `MachineIdentifier.json`, the MAC derived from the agent's `ecid`, NAT
-//! networking, the config disk read-only. The guest's address comes from bootpd's lease file
-//! (by MAC); SSH goes to port 22 of that address. VMs live inside the agent process (the
-//! framework's XPC service ends with its client), so nothing can outlive the agent.
+//! (a vz template lists all three in `diskFiles`), a machine identifier by the template's
+//! `machineIdentity` policy (fresh from the framework by default, or the template's own)
+//! written into the bundle's `MachineIdentifier.json`, the MAC derived from the agent's
+//! `ecid`, NAT networking, the config disk read-only, and the one save-compatible device list
+//! (vsock, display, Mac keyboard and trackpad, no entropy: `shoes_vz_vz::devices`). The
+//! guest's address comes from bootpd's lease file (by MAC, never an expired lease); SSH goes to
+//! port 22 of that address. VMs live inside the agent process (the framework's XPC service ends
+//! with its client), so nothing can outlive the agent.
+//!
+//! Teardown: a macOS guest answers `requestStop` with a "shut down?" dialog (tart PR #842,
+//! tart#582), so the backend stops the VM at once (`stop`); a runner's disk is thrown away.
+//!
+//! The host's private channel to the guest's runner-agent is vsock ([`vsock`]): the identity
+//! refresh of a restored VM goes there, never to a network address.
 //!
 //! Saved State warm slots (`vz.warm_slots = true`, macOS 14+, see [`warm`]): a runner of a
 //! warmed template takes a free slot, restores the slot's state with the slot's disk clone and
@@ -19,10 +28,12 @@
 //!   capacity cap, error mapping, the plan of a runner's VM, bundle preparation, the lease wait,
 //!   the exit watcher, template checks.
 //! - [`warm`]: warm slots in plain Rust: their directory, allocation, restore plans, publishing.
+//! - [`vsock`]: HTTP to the guest's runner-agent over a vsock stream (the guest API channel).
 //! - `backend`: [`VzBackend`] on `shoes_vz_vz::ffi` (macOS, or type-checked with the
 //!   `vz-typecheck` feature); `warming`: [`warm_template`] (boot, pause, save per slot).
 //!   `stub`: an uninhabited [`VzBackend`] and a typed Unsupported [`warm_template`] elsewhere.
 
+pub mod vsock;
 pub mod warm;
 
 #[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
@@ -43,11 +54,13 @@ use super::{HypervisorError, VmEvent, VmSpec};
 use crate::config::{Capacity, VzConfig, VzDiskSync};
 use shoes_vz_model::RunnerId;
 use shoes_vz_vz::hardware::{HardwareModel, MachineIdentifierFile};
+use shoes_vz_vz::leases::LeaseFilter;
 use shoes_vz_vz::limits::{HostReserve, Limits, MIB};
 use shoes_vz_vz::mac_address::MacAddress;
 use shoes_vz_vz::plan::{self, DiskSync, PlanRequest, VmPlan};
 use shoes_vz_vz::state::VmStatus;
-use shoes_vz_vz::template::CheckedTemplate;
+use shoes_vz_vz::template::{CheckedTemplate, VzOptions};
+use shoes_vz_vz::version::MacosVersion;
 use shoes_vz_vz::VzError;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -148,14 +161,23 @@ pub fn prepare_bundle(bundle_dir: &Path) -> Result<HardwareModel, VzError> {
     Ok(shoes_vz_vz::hardware::read_hardware_model(bundle_dir)?)
 }
 
-/// The plan of `spec`'s VM: bundle files, the runner's identity, sizes clamped into `limits`
-/// (changes are logged).
+/// What the backend knows of its host: the clamping limits and the macOS version (devices
+/// and Saved State depend on it).
+#[derive(Debug, Clone, Copy)]
+pub struct HostContext {
+    pub limits: Limits,
+    pub macos: MacosVersion,
+}
+
+/// The plan of `spec`'s VM: bundle files, the runner's identity, the template's display, sizes
+/// clamped into the host's limits (changes are logged).
 pub fn plan_for(
     spec: &VmSpec,
     identity: &MachineIdentifierFile,
     hardware_model: HardwareModel,
-    limits: &Limits,
+    host: &HostContext,
     config: &VzConfig,
+    options: &VzOptions,
 ) -> Result<VmPlan, HypervisorError> {
     let failed = |error: plan::PlanError| runner_error(&spec.runner_id, VzError::Plan(error));
     let mut request = PlanRequest::for_runner(
@@ -165,24 +187,48 @@ pub fn plan_for(
         identity,
         hardware_model,
         spec.config_disk.clone(),
+        host.macos,
     )
     .map_err(failed)?;
     request.disk_sync = disk_sync(config.disk_sync);
-    let plan = plan::build(request, limits).map_err(failed)?;
+    request.display = options.display;
+    let plan = plan::build(request, &host.limits).map_err(failed)?;
     for change in &plan.adjustments {
         tracing::warn!(runner = %spec.runner_id, resource = change.resource, requested = change.requested, granted = change.granted, reason = change.reason, "the VM gets another size than requested");
     }
     Ok(plan)
 }
 
+/// Refuses a template this host cannot serve: an ASIF disk below macOS 26.
+pub fn check_template_on_host(
+    template: &CheckedTemplate,
+    host: MacosVersion,
+) -> Result<(), HypervisorError> {
+    template
+        .options
+        .disk_format
+        .check_host(host)
+        .map_err(|error| HypervisorError::Unavailable {
+            backend: BACKEND,
+            reason: format!(
+                "template {} ({}): {error}",
+                template.metadata.name,
+                template.dir.display()
+            ),
+        })
+}
+
 /// Waits until bootpd has leased an address to `mac`: reads `leases` every `interval` until
-/// `timeout`, and gives up early when the VM stops.
+/// `timeout`, and gives up early when the VM stops. Expired leases never count; for a restored
+/// VM (`renewed_after`: the MAC's latest expiry before the restore) only a lease granted or
+/// renewed after the restore does (`shoes_vz_vz::leases`).
 pub async fn wait_for_lease(
     runner_id: &RunnerId,
     leases: &Path,
     mac: MacAddress,
     timeout: Duration,
     interval: Duration,
+    renewed_after: Option<u64>,
     mut status: watch::Receiver<VmStatus>,
 ) -> Result<Ipv4Addr, HypervisorError> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -195,7 +241,11 @@ pub async fn wait_for_lease(
                 detail,
             });
         }
-        match shoes_vz_vz::leases::lookup(leases, mac) {
+        let filter = LeaseFilter {
+            now: shoes_vz_vz::leases::unix_now(),
+            renewed_after,
+        };
+        match shoes_vz_vz::leases::lookup(leases, mac, filter) {
             Ok(Some(ip)) => return Ok(ip),
             Ok(None) => {}
             Err(source) => {

@@ -5,6 +5,7 @@ use shoes_vz_vz::errors::{framework_error, FrameworkError};
 use shoes_vz_vz::hardware::VzMachineIdentifier;
 use shoes_vz_vz::limits::{FrameworkLimits, HostResources};
 use shoes_vz_vz::template::{self as vz_template, TemplateInfo, TemplateLimits};
+use shoes_vz_vz::version::MacosVersion;
 use std::sync::Arc;
 
 fn limits(cpus: u32, memory_gib: u64) -> Limits {
@@ -225,7 +226,12 @@ fn the_plan_uses_the_bundle_identity_config_disk_and_clamps_sizes() {
         disk_sync: VzDiskSync::None,
         ..VzConfig::default()
     };
-    let plan = plan_for(&spec, &identity, model.clone(), &limits(10, 32), &config).expect("plan");
+    let host = HostContext {
+        limits: limits(10, 32),
+        macos: MacosVersion::new(26, 0, 0),
+    };
+    let options = VzOptions::default();
+    let plan = plan_for(&spec, &identity, model.clone(), &host, &config, &options).expect("plan");
     assert_eq!(plan.cpu_count, 9, "one core stays with the host");
     assert_eq!(
         plan.memory_bytes,
@@ -241,13 +247,33 @@ fn the_plan_uses_the_bundle_identity_config_disk_and_clamps_sizes() {
     );
     assert_eq!(plan.mac(), MacAddress::derive(0xfeed));
     assert_eq!(plan.disk_sync, DiskSync::None);
-    assert!(plan.graphics.is_none(), "runners are headless");
+    let display = plan
+        .devices
+        .display
+        .expect("runners get a display by default");
+    assert_eq!((display.width_px, display.height_px), (1920, 1080));
+    assert_eq!(
+        plan.devices.keyboard,
+        Some(shoes_vz_vz::devices::Keyboard::Mac)
+    );
+    assert_eq!(
+        plan.devices.pointer,
+        Some(shoes_vz_vz::devices::Pointer::MacTrackpad)
+    );
+    assert!(plan.devices.vsock && !plan.devices.entropy);
+    let headless = VzOptions {
+        display: None,
+        ..VzOptions::default()
+    };
+    let plan = plan_for(&spec, &identity, model.clone(), &host, &config, &headless)
+        .expect("headless template");
+    assert_eq!(plan.devices.display, None, "the template's choice");
 
     let agent_only = MachineIdentifierFile {
         ecid: 0xfeed,
         vz_machine_identifier: None,
     };
-    let error = plan_for(&spec, &agent_only, model, &limits(10, 32), &config)
+    let error = plan_for(&spec, &agent_only, model, &host, &config, &options)
         .expect_err("no framework identifier");
     assert!(
         crate::error_chain(&error).contains("vzMachineIdentifier"),
@@ -257,7 +283,8 @@ fn the_plan_uses_the_bundle_identity_config_disk_and_clamps_sizes() {
 
 fn lease_block(ip: &str, mac: MacAddress) -> String {
     format!(
-        "{{\n\tname=mac\n\tip_address={ip}\n\thw_address=1,{}\n\tlease=0x6720a1b0\n}}\n",
+        // Far in the future: expired leases never count.
+        "{{\n\tname=mac\n\tip_address={ip}\n\thw_address=1,{}\n\tlease=0xfffffff0\n}}\n",
         mac.to_bootpd_string()
     )
 }
@@ -284,12 +311,56 @@ async fn the_guest_address_comes_from_its_lease_once_written() {
         mac,
         Duration::from_secs(30),
         Duration::from_millis(100),
+        None,
         status,
     )
     .await
     .expect("leased");
     assert_eq!(ip, Ipv4Addr::new(192, 168, 64, 7));
     writer.await.expect("writer");
+}
+
+#[tokio::test]
+async fn a_restored_vm_waits_for_a_lease_renewed_after_its_restore() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let leases = root.path().join("dhcpd_leases");
+    let mac = MacAddress::derive(42);
+    // The slot's lease from warming: still valid, but from before the restore.
+    let old = lease_block("192.168.64.5", mac);
+    std::fs::write(&leases, &old).expect("old lease");
+    let before = shoes_vz_vz::leases::read(&leases).expect("read");
+    let baseline = shoes_vz_vz::leases::baseline(&before, mac);
+    let (_status_tx, status) = watch::channel(VmStatus::Running);
+    let error = wait_for_lease(
+        &RunnerId::generate(),
+        &leases,
+        mac,
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+        Some(baseline),
+        status.clone(),
+    )
+    .await
+    .expect_err("the pre-restore lease is not taken");
+    assert!(matches!(error, HypervisorError::Timeout { .. }), "{error}");
+    // bootpd renews it after the restore: a later expiry.
+    let renewed = format!(
+        "{old}{{\n\tip_address=192.168.64.8\n\thw_address=1,{}\n\tlease=0xfffffff8\n}}\n",
+        mac.to_bootpd_string()
+    );
+    std::fs::write(&leases, renewed).expect("renewed");
+    let ip = wait_for_lease(
+        &RunnerId::generate(),
+        &leases,
+        mac,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        Some(baseline),
+        status,
+    )
+    .await
+    .expect("renewed lease");
+    assert_eq!(ip, Ipv4Addr::new(192, 168, 64, 8));
 }
 
 #[tokio::test]
@@ -303,6 +374,7 @@ async fn no_lease_times_out_and_a_stopped_vm_ends_the_wait() {
         MacAddress::derive(1),
         Duration::from_millis(200),
         Duration::from_millis(100),
+        None,
         status,
     )
     .await
@@ -322,6 +394,7 @@ async fn no_lease_times_out_and_a_stopped_vm_ends_the_wait() {
         MacAddress::derive(1),
         Duration::from_secs(60),
         Duration::from_secs(30),
+        None,
         status,
     )
     .await
@@ -365,6 +438,36 @@ async fn only_unexpected_stops_are_reported_as_exits() {
         received.try_recv().is_err(),
         "a stop the agent asked for was reported"
     );
+}
+
+#[test]
+fn an_asif_template_is_refused_on_a_host_below_macos_26() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("macos-26");
+    vz_template::create_dir(&dir).expect("create");
+    std::fs::write(dir.join(plan::DISK_FILE), b"disk").expect("disk");
+    std::fs::write(dir.join(plan::AUXILIARY_STORAGE_FILE), b"aux").expect("aux");
+    let model = HardwareModel::from_bytes(b"model".to_vec()).expect("model");
+    shoes_vz_vz::hardware::write_hardware_model(&dir, &model).expect("model file");
+    vz_template::write_metadata(&dir, &info()).expect("metadata");
+    vz_template::write_options(
+        &dir,
+        &VzOptions {
+            disk_format: shoes_vz_vz::disk_format::DiskFormat::Asif,
+            ..VzOptions::default()
+        },
+    )
+    .expect("options");
+    vz_template::seal(&dir).expect("seal");
+    let checked = check_templates(root.path()).expect("valid files");
+    let error =
+        check_template_on_host(&checked[0], MacosVersion::new(15, 6, 0)).expect_err("ASIF on 15");
+    let message = error.to_string();
+    assert!(
+        message.contains("macos-26") && message.contains("ASIF"),
+        "{message}"
+    );
+    check_template_on_host(&checked[0], MacosVersion::new(26, 0, 0)).expect("ASIF on 26");
 }
 
 #[test]

@@ -11,8 +11,10 @@
 //!   Disk.img                   the disk as it was when the state was saved
 //!   AuxiliaryStorage           the NVRAM as it was when the state was saved
 //!   HardwareModel.json         the template's
-//!   State.save                 the Saved State (paused VM, SSH up)
-//!   GuestToken                 the warm guest's runner-agent token (mode 0600): authorizes
+//!   State.save                 the Saved State (paused VM, SSH up; mode 0400: it holds the
+//!                              guest's memory, its token included)
+//!   GuestToken                 the warm guest's runner-agent token (mode 0400, fresh at every
+//!                              warming): authorizes
 //!                              the /refresh that gives a restored VM its runner's identity
 //!   WarmSlot.json              template, version, host macOS, the configuration key with the
 //!                              slot's machine identifier and MAC
@@ -26,7 +28,9 @@
 use super::{HypervisorError, VmSpec, BACKEND};
 use crate::config::CloneMode;
 use shoes_vz_guest_config::{ApiToken, GuestConfig};
+use shoes_vz_vz::devices::VmPurpose;
 use shoes_vz_vz::hardware::{HardwareModel, HARDWARE_MODEL_FILE};
+use shoes_vz_vz::identity::{self, MachineIdentityPolicy};
 use shoes_vz_vz::mac_address::MacAddress;
 use shoes_vz_vz::plan::{
     self, DiskSync, PlanRequest, VmPlan, AUXILIARY_STORAGE_FILE, DISK_FILE, SAVED_STATE_FILE,
@@ -34,6 +38,7 @@ use shoes_vz_vz::plan::{
 use shoes_vz_vz::slots::{
     self, slot_dir, SlotError, SlotId, SlotIdentity, SlotPool, WarmSlot, WARM_SLOT_FILE,
 };
+use shoes_vz_vz::template::VzOptions;
 use shoes_vz_vz::version::{self, HostFeature, MacosVersion};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -144,10 +149,25 @@ pub struct UsableSlot {
     pub files: SlotFiles,
 }
 
-/// The slots under `warm_root` made from `template` `version` with all their files. Others
-/// are skipped with a log line (their runners boot cold).
-pub fn load_slots(warm_root: &Path, template: &str, template_version: &str) -> Vec<UsableSlot> {
-    let mut usable = Vec::new();
+/// The slots under `warm_root`, by usability.
+#[derive(Debug, Default)]
+pub struct LoadedSlots {
+    pub usable: Vec<UsableSlot>,
+    /// Saved on another host macOS version (skipped: states can stop working after a host
+    /// update); counted so the operator sees it.
+    pub other_host: usize,
+}
+
+/// The slots under `warm_root` made from `template` `version` on this host's exact macOS
+/// version, with all their files. Others are skipped with a log line (their runners boot
+/// cold).
+pub fn load_slots(
+    warm_root: &Path,
+    template: &str,
+    template_version: &str,
+    host: MacosVersion,
+) -> LoadedSlots {
+    let mut loaded = LoadedSlots::default();
     for slot in SlotId::all() {
         let files = SlotFiles::new(warm_root, slot);
         if !files.dir.exists() {
@@ -164,13 +184,18 @@ pub fn load_slots(warm_root: &Path, template: &str, template_version: &str) -> V
             tracing::warn!(%slot, template, template_version, slot_template = %warm.template, slot_version = %warm.template_version, "warm slot was made from another template version; warm it again (shoes-vz template warm-vz)");
             continue;
         }
+        if let Err(mismatch) = warm.check_host(host) {
+            tracing::warn!(%slot, template, reason = %mismatch, "warm slot skipped");
+            loaded.other_host += 1;
+            continue;
+        }
         if let Some(path) = files.missing() {
             tracing::warn!(%slot, path = %path.display(), "warm slot is missing a file; warm it again");
             continue;
         }
-        usable.push(UsableSlot { warm, files });
+        loaded.usable.push(UsableSlot { warm, files });
     }
-    usable
+    loaded
 }
 
 struct TemplateSlots {
@@ -183,21 +208,29 @@ struct TemplateSlots {
 #[derive(Default)]
 pub struct WarmSlots {
     templates: BTreeMap<String, TemplateSlots>,
+    other_host: usize,
 }
 
 impl WarmSlots {
-    /// Loads the slots of each `(name, version)` template from `<templates_dir>/<name>-warm`.
+    /// Loads the slots of each `(name, version, identity policy)` template from
+    /// `<templates_dir>/<name>-warm`, skipping (and counting) those saved on another macOS.
     pub fn load<'a>(
         templates_dir: &Path,
-        templates: impl IntoIterator<Item = (&'a str, &'a str)>,
+        templates: impl IntoIterator<Item = (&'a str, &'a str, MachineIdentityPolicy)>,
+        host: MacosVersion,
     ) -> Result<WarmSlots, SlotError> {
         let mut warm = WarmSlots::default();
-        for (name, version) in templates {
-            let slots = load_slots(&warm_root(templates_dir, name), name, version);
+        for (name, version, policy) in templates {
+            let loaded = load_slots(&warm_root(templates_dir, name), name, version, host);
+            warm.other_host += loaded.other_host;
+            let slots = loaded.usable;
             if slots.is_empty() {
                 continue;
             }
-            let pool = SlotPool::new(slots.iter().map(|s| s.warm.identity()).collect())?;
+            let pool = SlotPool::new(
+                slots.iter().map(|s| s.warm.identity()).collect(),
+                identity::slots_may_share_identifier(policy),
+            )?;
             warm.templates.insert(
                 name.to_string(),
                 TemplateSlots {
@@ -213,6 +246,11 @@ impl WarmSlots {
     /// How many slots are usable, over all templates.
     pub fn count(&self) -> usize {
         self.templates.values().map(|t| t.slots.len()).sum()
+    }
+
+    /// How many slots were skipped because another host macOS version saved them.
+    pub fn skipped_other_host(&self) -> usize {
+        self.other_host
     }
 
     /// A free slot of `template` `version` for `runner`; `None` when it has none (not warmed,
@@ -321,12 +359,14 @@ pub fn runner_template(bundle_dir: &Path) -> Option<(String, String)> {
 
 /// The VM request of a restore from `slot`: the slot's disk clones in the bundle and the
 /// slot's machine identifier and MAC (the saved configuration), the runner's sizes and config
-/// disk.
+/// disk, the template's display (the same device list as a cold runner's).
 pub fn restore_request(
     spec: &VmSpec,
     slot: &UsableSlot,
     hardware_model: HardwareModel,
     disk_sync: DiskSync,
+    host_macos: MacosVersion,
+    options: &VzOptions,
 ) -> PlanRequest {
     PlanRequest {
         vcpus: spec.vcpus,
@@ -337,8 +377,9 @@ pub fn restore_request(
         machine_identifier: slot.warm.key.machine_identifier.clone(),
         mac: slot.warm.key.mac_address,
         config_disk: spec.config_disk.clone(),
-        vsock: false,
-        graphics: None,
+        purpose: VmPurpose::Runner,
+        host_macos,
+        display: options.display,
         disk_sync,
     }
 }
@@ -431,7 +472,7 @@ pub fn throwaway_guest_config(
     .map_err(|e| broken("identity", &e))
 }
 
-/// Publishes a warmed slot: writes `WarmSlot.json` and the guest token (0600) into `staging`,
+/// Publishes a warmed slot: writes `WarmSlot.json` and the guest token (0400) into `staging`,
 /// drops the throwaway config disk, makes the files read-only, then replaces
 /// `<warm_root>/slot-<n>` with it. Blocking.
 pub fn publish_slot(
@@ -462,7 +503,8 @@ pub fn publish_slot(
         (&files.disk, 0o444),
         (&files.auxiliary_storage, 0o444),
         (&files.hardware_model, 0o444),
-        (&files.state, 0o444),
+        // The guest's memory, its token included: the agent's user alone reads it.
+        (&files.state, 0o400),
         (&files.warm_slot, 0o444),
         (&files.guest_token, 0o400),
     ] {

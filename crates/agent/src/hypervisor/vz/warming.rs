@@ -9,11 +9,16 @@ use super::warm::{
     new_slot_mac, publish_slot, remove_slot_dir, saved_state_gate, staging_dir,
     throwaway_guest_config, warm_root, WarmRequest, WarmedSlot, WARMING_CONFIG_DISK,
 };
-use super::{host_error, host_reserve, runner_error, wait_for_lease, BACKEND, GUEST_SSH_PORT};
+use super::{
+    check_template_on_host, host_error, host_reserve, runner_error, wait_for_lease, BACKEND,
+    GUEST_SSH_PORT,
+};
 use crate::config::CloneMode;
 use crate::hypervisor::HypervisorError;
 use shoes_vz_model::RunnerId;
+use shoes_vz_vz::devices::VmPurpose;
 use shoes_vz_vz::ffi::{self, VzVm};
+use shoes_vz_vz::identity;
 use shoes_vz_vz::limits::Limits;
 use shoes_vz_vz::plan::{
     self, DiskSync, PlanRequest, AUXILIARY_STORAGE_FILE, DISK_FILE, SAVED_STATE_FILE,
@@ -55,6 +60,7 @@ pub async fn warm_template(request: &WarmRequest) -> Result<Vec<WarmedSlot>, Hyp
     };
     let checked = shoes_vz_vz::template::check(&template.dir)
         .map_err(|e| unavailable(crate::error_chain(&e)))?;
+    check_template_on_host(&checked, host.macos)?;
     let limits = host.limits(host_reserve(&request.config));
     let root = warm_root(&request.templates_dir, &request.template);
     std::fs::create_dir_all(&root).map_err(|source| HypervisorError::Io {
@@ -76,6 +82,8 @@ pub async fn warm_template(request: &WarmRequest) -> Result<Vec<WarmedSlot>, Hyp
             ssh_user: &template.metadata.ssh_user,
             runner_dir: &guest_agent.runner_dir,
             hardware_model: &checked.hardware_model,
+            options: &checked.options,
+            host_macos: host.macos,
             limits: &limits,
             root: &root,
             staging: &staging,
@@ -102,6 +110,8 @@ struct Job<'a> {
     ssh_user: &'a str,
     runner_dir: &'a str,
     hardware_model: &'a shoes_vz_vz::hardware::HardwareModel,
+    options: &'a shoes_vz_vz::template::VzOptions,
+    host_macos: shoes_vz_vz::version::MacosVersion,
     limits: &'a Limits,
     root: &'a Path,
     staging: &'a Path,
@@ -143,8 +153,16 @@ impl Job<'_> {
                 source: std::io::Error::other(crate::error_chain(&e)),
             }
         })?;
-        let machine_identifier =
-            ffi::new_machine_identifier().map_err(|e| runner_error(&vm_id, e))?;
+        // The template's identifier for every VM under `machineIdentity = "template"`.
+        let machine_identifier = identity::choose(
+            self.options.machine_identity,
+            self.options.machine_identifier.as_ref(),
+            ffi::new_machine_identifier,
+        )
+        .map_err(|e| HypervisorError::Failed {
+            runner_id: vm_id.clone(),
+            source: Box::new(e),
+        })?;
         let mac = new_slot_mac(taken);
         let request = PlanRequest {
             vcpus: self.request.vcpus,
@@ -156,8 +174,10 @@ impl Job<'_> {
             mac,
             // Same device layout as a runner: its config disk takes this one's place.
             config_disk: Some(config_disk),
-            vsock: false,
-            graphics: None,
+            // The one save-compatible device list runners get too (shoes_vz_vz::devices).
+            purpose: VmPurpose::WarmSlot,
+            host_macos: self.host_macos,
+            display: self.options.display,
             // The disk is kept: every guest flush must reach it.
             disk_sync: DiskSync::Full,
         };
@@ -180,6 +200,7 @@ impl Job<'_> {
             mac,
             self.request.boot_timeout,
             self.request.config.lease_poll_interval,
+            None,
             vm.subscribe(),
         )
         .await?;
@@ -203,6 +224,15 @@ impl Job<'_> {
                 after: self.request.boot_timeout,
             });
         }
+        // Restored runners are refreshed over vsock: the guest's runner-agent must listen there
+        // (`--vsock-port`) in the saved state, or every restore would fall back.
+        let remaining = self.request.boot_timeout.saturating_sub(started.elapsed());
+        vm.connect_vsock(shoes_vz_guest_config::VSOCK_PORT, remaining.max(Duration::from_secs(5)))
+            .await
+            .map_err(|e| {
+                tracing::error!(slot = %self.slot, "the guest's runner-agent does not listen on vsock port {}; install its LaunchDaemon with --vsock-port (docs/runner-agent.md)", shoes_vz_guest_config::VSOCK_PORT);
+                failed(e)
+            })?;
         let boot_to_ssh = started.elapsed();
         let saving = Instant::now();
         vm.pause(ffi::vm::QUICK_TIMEOUT).await.map_err(failed)?;

@@ -21,6 +21,20 @@ fn limits() -> Limits {
     }
 }
 
+/// The macOS the slots in these tests were saved on, and this "host" runs.
+const HOST: MacosVersion = MacosVersion::new(26, 0, 1);
+
+fn host() -> super::super::HostContext {
+    super::super::HostContext {
+        limits: limits(),
+        macos: HOST,
+    }
+}
+
+fn slots_of(root: &Path, template: &str, version: &str) -> Vec<UsableSlot> {
+    load_slots(root, template, version, HOST).usable
+}
+
 fn model() -> HardwareModel {
     HardwareModel::from_bytes(b"model".to_vec()).expect("model")
 }
@@ -56,8 +70,9 @@ fn key(seed: u64) -> SavedStateKey {
             .expect("id"),
         mac: MacAddress::derive(seed),
         config_disk: Some("/w/config.img".into()),
-        vsock: false,
-        graphics: None,
+        purpose: VmPurpose::WarmSlot,
+        host_macos: HOST,
+        display: VzOptions::default().display,
         disk_sync: DiskSync::Full,
     };
     plan::build(request, &limits())
@@ -114,13 +129,18 @@ fn warm_slots_live_beside_the_template_and_round_trip() {
             & 0o777
     };
     assert_eq!(mode(GUEST_TOKEN_FILE), 0o400, "the token is secret");
+    assert_eq!(
+        mode(SAVED_STATE_FILE),
+        0o400,
+        "the saved memory holds the token"
+    );
     assert_eq!(mode(DISK_FILE), 0o444, "slot files are read-only");
     assert!(
         !root.join(crate::template::METADATA_FILE).exists(),
         "template loaders skip the warm directory"
     );
 
-    let slots = load_slots(&root, "macos-26", "1");
+    let slots = slots_of(&root, "macos-26", "1");
     assert_eq!(slots.len(), 1);
     let slot = &slots[0];
     assert_eq!(slot.warm, warm_slot(1, 11, "1"));
@@ -130,7 +150,7 @@ fn warm_slots_live_beside_the_template_and_round_trip() {
 
     // Warming again replaces the slot in place.
     publish(templates.path(), 1, 12, "1");
-    let slots = load_slots(&root, "macos-26", "1");
+    let slots = slots_of(&root, "macos-26", "1");
     assert_eq!(slots[0].warm.key.mac_address, MacAddress::derive(12));
     assert!(!root.join(".slot-1.old").exists());
 }
@@ -141,18 +161,35 @@ fn slots_of_another_version_or_with_missing_files_are_skipped() {
     let root = warm_root(templates.path(), "macos-26");
     publish(templates.path(), 0, 1, "1");
     let dir = publish(templates.path(), 1, 2, "1");
+    assert!(slots_of(&root, "macos-26", "2").is_empty(), "other version");
     assert!(
-        load_slots(&root, "macos-26", "2").is_empty(),
-        "other version"
-    );
-    assert!(
-        load_slots(&root, "macos-27", "1").is_empty(),
+        slots_of(&root, "macos-27", "1").is_empty(),
         "other template"
     );
     std::fs::remove_file(dir.join(SAVED_STATE_FILE)).expect("rm");
-    let slots = load_slots(&root, "macos-26", "1");
+    let slots = slots_of(&root, "macos-26", "1");
     assert_eq!(slots.len(), 1);
     assert_eq!(slots[0].warm.slot.index(), 0);
+}
+
+#[test]
+fn slots_saved_on_another_host_version_are_skipped_and_counted() {
+    let templates = tempfile::tempdir().expect("tempdir");
+    publish(templates.path(), 0, 1, "1");
+    publish(templates.path(), 1, 2, "1");
+    let root = warm_root(templates.path(), "macos-26");
+    let updated = MacosVersion::new(26, 1, 0);
+    let loaded = load_slots(&root, "macos-26", "1", updated);
+    assert!(loaded.usable.is_empty(), "saved on 26.0.1, host runs 26.1");
+    assert_eq!(loaded.other_host, 2);
+    let slots = WarmSlots::load(
+        templates.path(),
+        [("macos-26", "1", MachineIdentityPolicy::PerRunner)],
+        updated,
+    )
+    .expect("load");
+    assert_eq!(slots.count(), 0);
+    assert_eq!(slots.skipped_other_host(), 2);
 }
 
 #[test]
@@ -160,9 +197,15 @@ fn slots_are_held_by_one_runner_and_freed_by_a_failed_restore() {
     let templates = tempfile::tempdir().expect("tempdir");
     publish(templates.path(), 0, 1, "1");
     publish(templates.path(), 1, 2, "1");
-    let slots =
-        WarmSlots::load(templates.path(), [("macos-26", "1"), ("other", "1")]).expect("load");
+    let per_runner = MachineIdentityPolicy::PerRunner;
+    let slots = WarmSlots::load(
+        templates.path(),
+        [("macos-26", "1", per_runner), ("other", "1", per_runner)],
+        HOST,
+    )
+    .expect("load");
     assert_eq!(slots.count(), 2);
+    assert_eq!(slots.skipped_other_host(), 0);
     let slots = Arc::new(Mutex::new(slots));
 
     assert!(
@@ -211,12 +254,19 @@ fn a_restore_uses_the_slot_disk_and_identity_and_a_cold_boot_the_runner_own() {
     let templates = tempfile::tempdir().expect("tempdir");
     publish(templates.path(), 0, 5, "1");
     let root = warm_root(templates.path(), "macos-26");
-    let slot = load_slots(&root, "macos-26", "1").remove(0);
+    let slot = slots_of(&root, "macos-26", "1").remove(0);
     let bundle = Path::new("/runners/r.bundle");
     let spec = spec(bundle, 0xfeed);
 
     let restore = plan_restore(
-        restore_request(&spec, &slot, model(), DiskSync::None),
+        restore_request(
+            &spec,
+            &slot,
+            model(),
+            DiskSync::None,
+            HOST,
+            &VzOptions::default(),
+        ),
         &slot,
         &limits(),
     )
@@ -241,10 +291,16 @@ fn a_restore_uses_the_slot_disk_and_identity_and_a_cold_boot_the_runner_own() {
         &spec,
         &identity,
         model(),
-        &limits(),
+        &host(),
         &crate::config::VzConfig::default(),
+        &VzOptions::default(),
     )
     .expect("cold plan");
+    assert_eq!(
+        cold.devices, restore.devices,
+        "one device list, warm or cold"
+    );
+    assert!(!cold.devices.entropy);
     assert_eq!(cold.boot_disk, bundle.join(DISK_FILE), "the golden clone");
     assert_eq!(cold.auxiliary_storage, bundle.join(AUXILIARY_STORAGE_FILE));
     assert_eq!(
@@ -258,7 +314,14 @@ fn a_restore_uses_the_slot_disk_and_identity_and_a_cold_boot_the_runner_own() {
     let mut bigger = spec.clone();
     bigger.memory_mib = 16384;
     let skipped = plan_restore(
-        restore_request(&bigger, &slot, model(), DiskSync::Full),
+        restore_request(
+            &bigger,
+            &slot,
+            model(),
+            DiskSync::Full,
+            HOST,
+            &VzOptions::default(),
+        ),
         &slot,
         &limits(),
     )
@@ -270,7 +333,14 @@ fn a_restore_uses_the_slot_disk_and_identity_and_a_cold_boot_the_runner_own() {
     let mut no_config = spec.clone();
     no_config.config_disk = None;
     assert!(plan_restore(
-        restore_request(&no_config, &slot, model(), DiskSync::Full),
+        restore_request(
+            &no_config,
+            &slot,
+            model(),
+            DiskSync::Full,
+            HOST,
+            &VzOptions::default(),
+        ),
         &slot,
         &limits()
     )
@@ -282,7 +352,7 @@ fn slot_files_are_cloned_writable_beside_the_golden_ones() {
     let templates = tempfile::tempdir().expect("tempdir");
     publish(templates.path(), 0, 5, "1");
     let root = warm_root(templates.path(), "macos-26");
-    let slot = load_slots(&root, "macos-26", "1").remove(0);
+    let slot = slots_of(&root, "macos-26", "1").remove(0);
     let bundle = tempfile::tempdir().expect("bundle");
     std::fs::write(bundle.path().join(DISK_FILE), "golden").expect("golden");
     clone_slot_into_bundle(&slot.files, bundle.path(), CloneMode::Copy).expect("clone");
