@@ -355,10 +355,15 @@ mod tests {
     fn the_real_fixture_renders_when_present() -> Result<(), FixtureError> {
         let shared = default_shared_dir();
         if !shared.join(WRAPPER).is_file() {
-            eprintln!(
-                "SKIPPED: no {} (set {SHARED_DIR_ENV})",
+            let reason = format!(
+                "no {} (set {SHARED_DIR_ENV})",
                 shared.join(WRAPPER).display()
             );
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{reason}; CI is set, so the fixture must be there"
+            );
+            eprintln!("SKIPPED: {reason}");
             return Ok(());
         }
         let original = load_wrapper(&shared)?;
