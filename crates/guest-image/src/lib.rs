@@ -52,7 +52,7 @@
 //! - [`guest`]: the guest's files; boot scripts and config files live in `guest/` beside
 //!   `src/`; the runner tree comes from [`shoes_vz_standin_runner::layout()`].
 //! - [`rootfs`], [`cpio`]: the initramfs. [`elf`]: ELF facts (libraries, module info).
-//! - [`bench`]: boot the same guest with a plain QEMU command line and time SSH readiness.
+//! - [`bench`](mod@bench): boot the same guest with a plain QEMU command line and time SSH readiness.
 
 pub mod apt;
 pub mod bench;

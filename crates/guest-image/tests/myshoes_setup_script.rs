@@ -213,7 +213,7 @@ async fn myshoes_setup_script_runs_a_whole_job_in_the_guest() {
              if command -v docker; then exit 1; fi\n\
              for tool in bash which base64 gzip id tar curl jq sudo; do command -v $tool >/dev/null; done\n\
              test \"$(stat -c %u:%a {cache} {cache}/bin/runsvc.sh)\" = \"$(printf '1000:755\\n1000:755')\"\n\
-             sudo -E -u runner id -u\n\
+             HOME=/home/runner SHOESVZ_PROBE_ENV=kept sudo -E -u runner sh -c 'echo \"$(id -u) $HOME $SHOESVZ_PROBE_ENV\"'\n\
              mkdir {cache}/_standin\n\
              printf '%s' '{job}' > {cache}/_standin/job.json\n\
              chown -R 1000:1000 {cache}/_standin\n"
@@ -221,7 +221,11 @@ async fn myshoes_setup_script_runs_a_whole_job_in_the_guest() {
         30,
     )
     .await;
-    assert_eq!(checked("preparing the guest", &prepared).trim(), "1000");
+    // sudo -E as root: the runner user, with the caller's environment.
+    assert_eq!(
+        checked("preparing the guest", &prepared).trim(),
+        "1000 /home/runner kept"
+    );
 
     // The exact wrapper, as root, on bash's stdin: it runs the runner in the foreground
     // until the job is done.

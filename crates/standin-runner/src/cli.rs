@@ -1,11 +1,11 @@
-//! The multi-call entry: the program is chosen by the base name of argv[0], and the runner
-//! root is the parent of the directory argv[0] is in (as upstream derives it from its
+//! The multi-call entry: the program is chosen by the base name of `argv[0]`, and the runner
+//! root is the parent of the directory `argv[0]` is in (as upstream derives it from its
 //! assembly's directory). Under its own name the binary lays out trees.
 
 use crate::layout::{layout, BinaryInstall, LayoutOptions};
 use std::path::{Path, PathBuf};
 
-/// Runs the program argv[0] names; returns the exit code.
+/// Runs the program `argv[0]` names; returns the exit code.
 pub fn dispatch(argv: &[String]) -> u8 {
     let argv0 = argv.first().map(String::as_str).unwrap_or_default();
     let name = argv0.rsplit('/').next().unwrap_or(argv0);

@@ -27,7 +27,7 @@ const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
 const NOT_CONFIGURED: &str =
     "An error occurred: Not configured. Run config.(sh/cmd) to configure the runner.";
 
-/// Runs the listener with `argv` (argv[0] first) for the runner tree at `root`.
+/// Runs the listener with `argv` (`argv[0]` first) for the runner tree at `root`.
 pub fn main(root: &Path, argv: &[String]) -> u8 {
     let line = CommandLine::parse(argv.get(1..).unwrap_or_default());
     if line.flag("version") {

@@ -19,7 +19,7 @@ pub struct ProcessRecord {
     pub uid: u32,
     pub gid: u32,
     pub cwd: String,
-    /// argv[0] as given, then the arguments; values of secret arguments are `***`.
+    /// `argv[0]` as given, then the arguments; values of secret arguments are `***`.
     pub argv: Vec<String>,
 }
 
