@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Bump when the build's logic changes in a way the other inputs do not capture.
-const BUILDER_REVISION: u32 = 1;
+const BUILDER_REVISION: u32 = 2;
 pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 pub const BUILD_INPUTS_FILE: &str = "BuildInputs.json";
 pub const KERNEL_FILE: &str = "vmlinux";
@@ -48,6 +48,9 @@ pub struct BuildOptions {
     pub cache_dir: PathBuf,
     /// The guest daemon; `None` builds an image that never starts one (with `dev_keys`).
     pub runner_agent: Option<PathBuf>,
+    /// The stand-in GitHub Actions runner binary (`shoes-vz-standin-runner`), cached as a
+    /// runner tree where myshoes' setup script looks for one; `None`: no runner cached.
+    pub standin_runner: Option<PathBuf>,
     pub dev_keys: Option<DevKeys>,
     /// Size of the runner's (sparse, ext4) disk.
     pub disk_bytes: u64,
@@ -64,6 +67,7 @@ impl BuildOptions {
             name: DEFAULT_NAME.to_string(),
             cache_dir: templates_dir.join(".cache").join("debs"),
             runner_agent: None,
+            standin_runner: None,
             dev_keys: None,
             disk_bytes: DEFAULT_DISK_BYTES,
             force: false,
@@ -80,6 +84,11 @@ pub struct BuildInputs {
     /// Package name → version.
     pub packages: BTreeMap<String, String>,
     pub runner_agent_sha256: Option<String>,
+    /// The stand-in runner binary, and its tree's scripts.
+    #[serde(default)]
+    pub standin_runner_sha256: Option<String>,
+    #[serde(default)]
+    pub standin_tree_sha256: Option<String>,
     pub scripts_sha256: String,
     pub dev_keys_sha256: Option<String>,
     pub disk_bytes: u64,
@@ -199,6 +208,7 @@ pub fn build_test_guest(options: &BuildOptions) -> Result<TemplateDir, BuildErro
         module_dir: &module_dir,
         modules: &modules,
         runner_agent: options.runner_agent.as_deref(),
+        standin_runner: options.standin_runner.as_deref(),
         dev_keys,
     })?;
     tree.write_cpio(&out.join(INITRD_FILE))?;
@@ -231,7 +241,8 @@ pub fn build_test_guest(options: &BuildOptions) -> Result<TemplateDir, BuildErro
             .runner_agent
             .as_ref()
             .map(|_| shoes_vz_agent::template::GuestAgent {
-                runner_dir: format!("/home/{}/actions-runner", guest::RUNNER_USER),
+                // Where myshoes' setup script installs and runs the runner.
+                runner_dir: guest::RUNNER_DIR.to_string(),
             }),
     };
     for (file, value) in [
@@ -266,12 +277,16 @@ const KERNEL_KEY: &str = "kernel";
 /// one `apt-cache` run per level.
 fn resolve_packages() -> Result<BTreeMap<String, Package>, BuildError> {
     let mut resolved = BTreeMap::new();
-    // libgcc-s1: Rust programs (the runner-agent) link libgcc_s.
+    // libgcc-s1: Rust programs (the runner-agent) link libgcc_s. bash, jq and sudo (which
+    // brings libpam-modules): for myshoes' setup script.
     let mut level: Vec<String> = [
         KERNEL_PACKAGE,
         "busybox-static",
         "dropbear-bin",
         "libgcc-s1",
+        "bash",
+        "jq",
+        "sudo",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -325,12 +340,24 @@ fn hash_inputs(
         }
         None => None,
     };
+    let standin_runner_sha256 = match &options.standin_runner {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(io("read the stand-in runner binary", path))?;
+            Some(hex::encode(Sha256::digest(&bytes)))
+        }
+        None => None,
+    };
+    let standin_tree_sha256 = options
+        .standin_runner
+        .as_ref()
+        .map(|_| shoes_vz_standin_runner::layout::scripts_fingerprint());
     let mut scripts = Sha256::new();
     for (path, mode, text) in guest::SCRIPTS {
         scripts.update(format!("{path}\0{mode:o}\0{}\0", text.len()));
         scripts.update(text.as_bytes());
     }
     scripts.update(guest::RUNNER_AGENT_PATH);
+    scripts.update(guest::runner_cache_dir());
     scripts.update(GUEST_MODULES.join(","));
     let dev_keys_sha256 = options.dev_keys.as_ref().map(|keys| {
         let mut h = Sha256::new();
@@ -346,6 +373,8 @@ fn hash_inputs(
             .map(|p| (p.name.clone(), p.version.clone()))
             .collect(),
         runner_agent_sha256,
+        standin_runner_sha256,
+        standin_tree_sha256,
         scripts_sha256: hex::encode(scripts.finalize()),
         dev_keys_sha256,
         disk_bytes: options.disk_bytes,
@@ -547,6 +576,19 @@ mod tests {
         let v2 = hash_inputs(&with_agent, &packages()).expect("hash");
         assert_ne!(first.hash, v1.hash);
         assert_ne!(v1.hash, v2.hash);
+
+        let standin = root.path().join("standin");
+        std::fs::write(&standin, b"s1").expect("write");
+        let with_standin = BuildOptions {
+            standin_runner: Some(standin.clone()),
+            ..base.clone()
+        };
+        let s1 = hash_inputs(&with_standin, &packages()).expect("hash");
+        assert!(s1.standin_tree_sha256.is_some());
+        std::fs::write(&standin, b"s2").expect("write");
+        let s2 = hash_inputs(&with_standin, &packages()).expect("hash");
+        assert_ne!(first.hash, s1.hash);
+        assert_ne!(s1.hash, s2.hash);
 
         let keys = BuildOptions {
             dev_keys: Some(DevKeys {

@@ -51,25 +51,57 @@ impl<W: Write> CpioWriter<W> {
     /// Adds one member; `data` is the file content or a symlink's target (empty otherwise).
     /// `name` is relative to the archive root, without a leading `/`.
     pub fn entry(&mut self, name: &str, header: Header, data: &[u8]) -> io::Result<()> {
+        let ino = self.new_ino();
+        let nlink = if header.mode & S_IFDIR == S_IFDIR {
+            2
+        } else {
+            1
+        };
+        self.write_header(name, header, ino, nlink, data.len())?;
+        self.write_padded(data)
+    }
+
+    /// An inode number for the names of one hard-linked file ([`Self::linked_entry`]).
+    pub fn new_ino(&mut self) -> u32 {
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.write_header(name, header, ino, data.len())?;
+        ino
+    }
+
+    /// One of `nlink` names of a regular file sharing `ino`. The kernel creates the file at
+    /// the first name it meets and links the others to it; so the content goes with the
+    /// first name written, and the later ones carry none (GNU cpio accepts either order).
+    pub fn linked_entry(
+        &mut self,
+        name: &str,
+        header: Header,
+        ino: u32,
+        nlink: u32,
+        data: &[u8],
+    ) -> io::Result<()> {
+        self.write_header(name, header, ino, nlink, data.len())?;
         self.write_padded(data)
     }
 
     /// Ends the archive and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.write_header(TRAILER, Header::new(0), 0, 0)?;
+        self.write_header(TRAILER, Header::new(0), 0, 1, 0)?;
         self.out.flush()?;
         Ok(self.out)
     }
 
-    fn write_header(&mut self, name: &str, h: Header, ino: u32, size: usize) -> io::Result<()> {
+    fn write_header(
+        &mut self,
+        name: &str,
+        h: Header,
+        ino: u32,
+        nlink: u32,
+        size: usize,
+    ) -> io::Result<()> {
         let size = u32::try_from(size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio member over 4 GiB"))?;
         let name_size = u32::try_from(name.len() + 1)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cpio name too long"))?;
-        let nlink = if h.mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
         let fields = [
             ino,
             h.mode,
@@ -197,6 +229,60 @@ mod tests {
         assert_eq!(
             listing.lines().collect::<Vec<_>>(),
             ["etc", "etc/motd", "etc/link"]
+        );
+    }
+
+    #[test]
+    fn hard_links_share_an_inode_and_the_first_name_carries_the_data() {
+        let mut writer = CpioWriter::new(Vec::new());
+        writer
+            .entry("bin", Header::new(S_IFDIR | 0o755), b"")
+            .expect("dir");
+        let ino = writer.new_ino();
+        let header = Header::new(S_IFREG | 0o755);
+        writer
+            .linked_entry("bin/a", header, ino, 2, b"program")
+            .expect("a");
+        writer
+            .linked_entry("bin/b", header, ino, 2, b"")
+            .expect("b");
+        let bytes = writer.finish().expect("finish");
+        let second = 116;
+        assert_eq!(field(&bytes, second, 0), ino);
+        assert_eq!(field(&bytes, second, 4), 2, "nlink");
+        assert_eq!(field(&bytes, second, 6), 7, "size");
+        // header 110 + "bin/a\0" 6 = 116, data 7 -> padded to 8.
+        let third = second + 116 + 8;
+        assert_eq!(&bytes[third + 110..third + 116], b"bin/b\0");
+        assert_eq!(field(&bytes, third, 0), ino);
+        assert_eq!(field(&bytes, third, 4), 2, "nlink");
+        assert_eq!(field(&bytes, third, 6), 0, "size");
+
+        // GNU cpio, when installed, extracts both names as one file.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = std::process::Command::new("cpio")
+            .args(["-i", "-d", "--quiet"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("SKIPPED: cpio is not installed; install cpio to cross-check the writer");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&bytes)
+            .expect("write");
+        assert!(child.wait().expect("wait").success());
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(dir.path().join("bin/a")).expect("a");
+        let b = std::fs::metadata(dir.path().join("bin/b")).expect("b");
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(
+            std::fs::read(dir.path().join("bin/b")).expect("read"),
+            b"program"
         );
     }
 }

@@ -1,9 +1,11 @@
-//! The guest's files: busybox (init, shell, udhcpc, acpid), dropbear, the runner-agent with
-//! the shared libraries they need, the chosen kernel modules and the boot scripts in
-//! `guest/`.
+//! The guest's files: busybox (init, shell, udhcpc, acpid), dropbear, the runner-agent, what
+//! myshoes' setup script needs (bash, jq, sudo with PAM, a curl stub, `/etc/environment`, a
+//! cached stand-in runner tree), the shared libraries they need, the chosen kernel modules
+//! and the boot scripts and config files in `guest/`.
 
 use crate::elf;
 use crate::rootfs::Tree;
+use shoes_vz_standin_runner::layout::{layout, BinaryInstall, LayoutOptions, BINARY_PATHS};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,6 +45,36 @@ pub const SCRIPTS: &[(&str, u32, &str)] = &[
         0o755,
         include_str!("../guest/power-button"),
     ),
+    // For myshoes' setup script (shared/notes/myshoes-setup-script.md, "Offline run").
+    ("/usr/bin/curl", 0o755, include_str!("../guest/curl")),
+    ("/etc/sudoers", 0o440, include_str!("../guest/sudoers")),
+    ("/etc/pam.d/sudo", 0o644, include_str!("../guest/pam-sudo")),
+    (
+        "/etc/pam.d/other",
+        0o644,
+        include_str!("../guest/pam-other"),
+    ),
+    // Sourced by the script before config.sh and runsvc.sh; empty, as on a fresh Debian.
+    ("/etc/environment", 0o644, ""),
+];
+
+/// Programs myshoes' setup script runs that busybox does not provide (guest path, where
+/// the packages have it, mode). Real Debian builds: bash because the script is bash, jq
+/// because the script insists on it, sudo because as root it runs the runner with
+/// `sudo -E -u runner`.
+const MYSHOES_PROGRAMS: &[(&str, &str, u32)] = &[
+    ("/bin/bash", "bin/bash", 0o755),
+    ("/usr/bin/jq", "usr/bin/jq", 0o755),
+    ("/usr/bin/sudo", "usr/bin/sudo", 0o4755),
+];
+
+/// Loaded with `dlopen`, so no `DT_NEEDED` leads to them: sudo's policy plugin and the PAM
+/// modules `guest/pam-*` name. Same path in the guest as in the packages.
+const DLOPENED: &[&str] = &[
+    "/usr/libexec/sudo/sudoers.so",
+    "/lib/x86_64-linux-gnu/security/pam_rootok.so",
+    "/lib/x86_64-linux-gnu/security/pam_permit.so",
+    "/lib/x86_64-linux-gnu/security/pam_deny.so",
 ];
 
 /// Where the runner-agent binary goes (the path `guest/runner-agent` starts).
@@ -52,13 +84,27 @@ pub const RUNNER_USER: &str = "runner";
 pub const RUNNER_UID: u32 = 1000;
 /// The label `rcS` mounts at `/home/runner`.
 pub const DATA_DISK_LABEL: &str = "shoesvz-data";
+/// Where myshoes' setup script puts the runner: `RUNNER_BASE_DIRECTORY` (`/tmp`) + `/runner`.
+pub const RUNNER_DIR: &str = "/tmp/runner";
 
+/// The runner cache myshoes' setup script moves to [`RUNNER_DIR`] (main.sh:139-142):
+/// `/usr/local/etc/runner-v<version>`, owned by the runner user since the script does not
+/// chown it.
+pub fn runner_cache_dir() -> String {
+    format!(
+        "/usr/local/etc/runner-v{}",
+        shoes_vz_standin_runner::RUNNER_VERSION
+    )
+}
+
+/// `usr/libexec/sudo`: sudo finds libsudo_util there through its RUNPATH.
 const LIBRARY_DIRS: &[&str] = &[
     "lib/x86_64-linux-gnu",
     "usr/lib/x86_64-linux-gnu",
     "lib64",
     "lib",
     "usr/lib",
+    "usr/libexec/sudo",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +131,12 @@ pub enum GuestError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot lay out the stand-in runner tree from {binary}")]
+    RunnerTree {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Keys baked into a test-only image (see [`crate::DevKeys`]).
@@ -101,6 +153,8 @@ pub struct GuestInputs<'a> {
     pub module_dir: &'a Path,
     pub modules: &'a [String],
     pub runner_agent: Option<&'a Path>,
+    /// The stand-in runner binary, cached as a runner tree at [`runner_cache_dir`].
+    pub standin_runner: Option<&'a Path>,
     pub dev_keys: Option<BakedKeys<'a>>,
 }
 
@@ -151,6 +205,20 @@ pub fn assemble(inputs: &GuestInputs<'_>) -> Result<Tree, GuestError> {
         tree.host_file(RUNNER_AGENT_PATH, 0o755, agent);
         programs.push(agent.to_path_buf());
     }
+    for (guest, source, mode) in MYSHOES_PROGRAMS {
+        let host = staged(staging, source)?;
+        tree.host_file(guest, *mode, &host);
+        programs.push(host);
+    }
+    for guest in DLOPENED {
+        let host = staged(staging, guest.trim_start_matches('/'))?;
+        tree.host_file(guest, 0o644, &host);
+        programs.push(host);
+    }
+    if let Some(binary) = inputs.standin_runner {
+        add_runner_tree(&mut tree, binary)?;
+        programs.push(binary.to_path_buf());
+    }
     add_libraries(&mut tree, staging, &programs)?;
 
     let release = inputs
@@ -185,6 +253,56 @@ pub fn assemble(inputs: &GuestInputs<'_>) -> Result<Tree, GuestError> {
     Ok(tree)
 }
 
+/// The stand-in runner tree at [`runner_cache_dir`], as [`layout`] writes it, owned by the
+/// runner user. Its three programs are one binary: in the image they are hard links of one
+/// file, so the binary is stored and unpacked once.
+fn add_runner_tree(tree: &mut Tree, binary: &Path) -> Result<(), GuestError> {
+    let fail = |source| GuestError::RunnerTree {
+        binary: binary.to_path_buf(),
+        source,
+    };
+    let scratch = tempfile::tempdir().map_err(fail)?;
+    let laid_out = scratch.path().join("runner");
+    let options = LayoutOptions {
+        binaries: BinaryInstall::Symlink,
+        owner: None,
+    };
+    layout(&laid_out, binary, &options).map_err(fail)?;
+    let cache = runner_cache_dir();
+    tree.dir_owned(&cache, 0o755, RUNNER_UID);
+    let mut first_binary: Option<String> = None;
+    let mut pending = vec![laid_out.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(fail)? {
+            let path = entry.map_err(fail)?.path();
+            let relative = path
+                .strip_prefix(&laid_out)
+                .map_err(|e| fail(std::io::Error::other(e)))?
+                .to_string_lossy()
+                .into_owned();
+            let guest = format!("{cache}/{relative}");
+            let meta = std::fs::symlink_metadata(&path).map_err(fail)?;
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+            if meta.is_dir() {
+                tree.dir_owned(&guest, mode, RUNNER_UID);
+                pending.push(path);
+            } else if BINARY_PATHS.contains(&relative.as_str()) {
+                match &first_binary {
+                    Some(first) => tree.hard_link(&guest, first),
+                    None => {
+                        tree.host_file_owned(&guest, 0o755, RUNNER_UID, binary);
+                        first_binary = Some(guest);
+                    }
+                }
+            } else {
+                let bytes = std::fs::read(&path).map_err(fail)?;
+                tree.file_owned(&guest, mode, RUNNER_UID, bytes);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn add_accounts(tree: &mut Tree) {
     let uid = RUNNER_UID;
     let user = RUNNER_USER;
@@ -206,7 +324,7 @@ fn add_accounts(tree: &mut Tree) {
         0o600,
         format!("root:*:19000:0:99999:7:::\n{user}:*:19000:0:99999:7:::\n"),
     );
-    tree.file("/etc/shells", 0o644, "/bin/sh\n/bin/ash\n");
+    tree.file("/etc/shells", 0o644, "/bin/sh\n/bin/ash\n/bin/bash\n");
     tree.file(
         "/etc/nsswitch.conf",
         0o644,
@@ -330,6 +448,103 @@ mod tests {
             Some(lib.join("libz.so.1.2.13"))
         );
         assert_eq!(resolve_in(root.path(), "/lib/libmissing.so"), None);
+    }
+
+    #[test]
+    fn the_runner_cache_is_the_laid_out_tree_owned_by_the_runner_with_one_binary() {
+        use crate::rootfs::{Content, Node};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let binary = dir.path().join("shoes-vz-standin-runner");
+        std::fs::write(&binary, b"\x7fELF").expect("write");
+        let mut tree = Tree::default();
+        add_runner_tree(&mut tree, &binary).expect("tree");
+        let cache = runner_cache_dir();
+        assert_eq!(cache, "/usr/local/etc/runner-v2.336.0");
+        assert!(matches!(
+            tree.get(&cache),
+            Some(Node::Dir {
+                owner: RUNNER_UID,
+                ..
+            })
+        ));
+        assert!(matches!(
+            tree.get(&format!("{cache}/bin")),
+            Some(Node::Dir {
+                owner: RUNNER_UID,
+                ..
+            })
+        ));
+        for file in shoes_vz_standin_runner::layout::TREE_FILES {
+            match tree.get(&format!("{cache}/{}", file.path)) {
+                Some(Node::File {
+                    mode,
+                    owner,
+                    content: Content::Bytes(bytes),
+                }) => {
+                    assert_eq!(*mode, file.mode, "{}", file.path);
+                    assert_eq!(*owner, RUNNER_UID, "{}", file.path);
+                    assert_eq!(bytes.as_slice(), file.content.as_bytes());
+                }
+                other => panic!("{}: {other:?}", file.path),
+            }
+        }
+        let mut files = 0;
+        let mut links = 0;
+        for path in BINARY_PATHS {
+            match tree.get(&format!("{cache}/{path}")) {
+                Some(Node::File {
+                    mode: 0o755,
+                    owner: RUNNER_UID,
+                    content: Content::Host(source),
+                }) => {
+                    assert_eq!(source, &binary);
+                    files += 1;
+                }
+                Some(Node::HardLink { .. }) => links += 1,
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        assert_eq!((files, links), (1, 2), "one binary, two more names");
+        for absent in [".runner", "_diag", "_work"] {
+            assert!(!tree.contains(&format!("{cache}/{absent}")));
+        }
+    }
+
+    #[test]
+    fn myshoes_needs_are_there_and_debian_version_is_not() {
+        let paths: Vec<&str> = SCRIPTS.iter().map(|(path, _, _)| *path).collect();
+        for needed in [
+            "/etc/environment",
+            "/usr/bin/curl",
+            "/etc/sudoers",
+            "/etc/pam.d/sudo",
+        ] {
+            assert!(paths.contains(&needed), "{needed}");
+        }
+        assert!(!paths.iter().any(|p| p.starts_with("/etc/debian_")));
+        let sudoers = SCRIPTS
+            .iter()
+            .find(|(path, _, _)| *path == "/etc/sudoers")
+            .expect("sudoers");
+        assert_eq!(
+            sudoers.1, 0o440,
+            "sudo refuses a sudoers file others can write"
+        );
+        assert!(sudoers.2.contains("\nroot\tALL=(ALL:ALL) ALL\n"));
+        let pam = SCRIPTS
+            .iter()
+            .find(|(path, _, _)| *path == "/etc/pam.d/sudo")
+            .expect("pam");
+        for module in ["pam_rootok.so", "pam_permit.so", "pam_deny.so"] {
+            assert!(pam.2.contains(module), "{module}");
+            assert!(
+                DLOPENED.iter().any(|d| d.ends_with(module)),
+                "{module} is loaded by PAM, so it must be in the image"
+            );
+        }
+        assert!(MYSHOES_PROGRAMS
+            .iter()
+            .any(|(p, _, m)| *p == "/usr/bin/sudo" && *m == 0o4755));
     }
 
     #[test]
