@@ -7,7 +7,9 @@ use shoes_vz_agent::hypervisor::qemu::warm::{make_warm_template, WarmOptions, Wa
 use shoes_vz_agent::hypervisor::qemu::QemuBackend;
 use shoes_vz_agent::template;
 use shoes_vz_guest_config::ApiToken;
-use shoes_vz_guest_image::{build_test_guest, find_runner_agent, BuildOptions, TemplateDir};
+use shoes_vz_guest_image::{
+    build_test_guest, find_runner_agent, find_standin_runner, BuildOptions, TemplateDir,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,10 +25,24 @@ pub fn runner_agent_binary() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// The stand-in GitHub Actions runner cached in the guest (`SHOESVZ_STANDIN_RUNNER`
+/// overrides), so myshoes' setup script runs there offline.
+pub fn standin_runner_binary() -> anyhow::Result<PathBuf> {
+    if let Some(found) = find_standin_runner() {
+        return Ok(found);
+    }
+    crate::workspace_bin::find_or_build(
+        "shoes-vz-standin-runner",
+        "shoes-vz-standin-runner",
+        "SHOESVZ_STANDIN_RUNNER",
+    )
+}
+
 /// Builds the test guest into `templates_dir` unless an up-to-date one is there.
 pub async fn ensure_test_guest(templates_dir: &Path) -> anyhow::Result<TemplateDir> {
     let mut options = BuildOptions::new(templates_dir);
     options.runner_agent = Some(runner_agent_binary()?);
+    options.standin_runner = Some(standin_runner_binary()?);
     let built = tokio::task::spawn_blocking(move || build_test_guest(&options)).await??;
     Ok(built)
 }
@@ -44,7 +60,7 @@ pub async fn ensure_warm(
     let work = tempfile::tempdir()?;
     let (config_disk, guest_token) = if base.metadata.guest_agent.is_some() {
         let path = work.path().join("config.img");
-        let token = write_throwaway_config_disk(&path, &base.metadata.ssh_user)?;
+        let token = write_throwaway_config_disk(&path, base)?;
         (Some(path), Some(token))
     } else {
         (None, None)
@@ -62,11 +78,18 @@ pub async fn ensure_warm(
 
 /// A throwaway config disk for warming; returns the token that authorizes each restored
 /// clone's `/refresh` (the warm template keeps it, mode 0600).
-fn write_throwaway_config_disk(path: &Path, ssh_user: &str) -> anyhow::Result<ApiToken> {
+fn write_throwaway_config_disk(path: &Path, base: &template::Template) -> anyhow::Result<ApiToken> {
+    let runner_dir = base
+        .metadata
+        .guest_agent
+        .as_ref()
+        .map_or(template::MYSHOES_RUNNER_DIR, |agent| {
+            agent.runner_dir.as_str()
+        });
     let (config, token) = shoes_vz_agent::runner::guest::throwaway_guest_config(
         "10.0.2.2",
-        ssh_user,
-        &format!("/home/{ssh_user}/actions-runner"),
+        &base.metadata.ssh_user,
+        runner_dir,
     )?;
     shoes_vz_guest_config::write_image(path, &config)?;
     Ok(token)

@@ -95,7 +95,7 @@ fn import_tart_makes_a_template_the_agent_loads() {
     assert_eq!(metadata.limits.max_memory_mib, 8192, "the tart VM's own");
     assert_eq!(
         metadata.guest_agent.as_ref().map(|a| a.runner_dir.as_str()),
-        Some("/Users/admin/actions-runner")
+        Some("/tmp/runner")
     );
     let all = shoes_vz_agent::template::load_all(&templates, "vz").expect("load_all");
     assert_eq!(all.len(), 1);

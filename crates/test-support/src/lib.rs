@@ -8,7 +8,9 @@
 //! # Layout
 //! - [`prerequisite`]: the missing-prerequisite policy and [`running_in_ci`].
 //! - [`shared`]: [`shared_dir`], the project's read-only shared material beside the checkout.
+//! - [`go_client`]: the go-plugin v1.7.0 client myshoes uses, built from the client kit.
 
+pub mod go_client;
 pub mod prerequisite;
 pub mod shared;
 

@@ -20,6 +20,14 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `<workspace>/target`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 fn resolve(from_env: Option<PathBuf>, workspace_root: &Path) -> Option<PathBuf> {
     if let Some(dir) = from_env.filter(|dir| !dir.as_os_str().is_empty()) {
         // Set on purpose: used as given, so a wrong value shows up as "not found" there.

@@ -208,7 +208,8 @@ pub struct TartImportOptions {
     pub setup_shell: String,
     /// Largest runner the template serves; defaults to the tart VM's own cpuCount/memorySize.
     pub limits: Option<TemplateLimits>,
-    /// The image runs the runner-agent (the default, under `/Users/<ssh_user>/actions-runner`).
+    /// The image runs the runner-agent (the default; the runner is watched in myshoes'
+    /// `/tmp/runner`).
     pub guest_agent: Option<GuestAgent>,
     /// `per-runner` (default) or `template` (keeps tart's `ecid` for every runner).
     pub machine_identity: MachineIdentityPolicy,
@@ -227,7 +228,7 @@ impl TartImportOptions {
             setup_shell: "bash -s".to_string(),
             limits: None,
             guest_agent: Some(GuestAgent {
-                runner_dir: template::default_runner_dir("admin"),
+                runner_dir: template::default_runner_dir(),
             }),
             machine_identity: MachineIdentityPolicy::default(),
             host_macos: None,

@@ -122,8 +122,11 @@ pub const DISK_FILES: [&str; 2] = [DISK_FILE, AUXILIARY_STORAGE_FILE];
 pub const CLONED_FILES: [&str; 3] = [DISK_FILE, AUXILIARY_STORAGE_FILE, HARDWARE_MODEL_FILE];
 /// Where the GitHub Actions runner lives in a macOS guest of `ssh_user` (the default for
 /// [`GuestAgent::runner_dir`]).
-pub fn default_runner_dir(ssh_user: &str) -> String {
-    format!("/Users/{ssh_user}/actions-runner")
+/// Where myshoes' setup script installs the runner with its default RUNNER_BASE_DIRECTORY
+/// (`/tmp` + `/runner`; shared notes: myshoes-setup-script.md M:125-126). On macOS `/tmp` is
+/// `/private/tmp`; the runner-agent compares resolved paths.
+pub fn default_runner_dir() -> String {
+    "/tmp/runner".to_string()
 }
 /// Every file of a finished template (all made read-only).
 pub const TEMPLATE_FILES: [&str; 4] = [
@@ -367,7 +370,7 @@ pub(crate) mod tests {
             },
             setup_shell: "bash -s".into(),
             guest_agent: Some(GuestAgent {
-                runner_dir: default_runner_dir("admin"),
+                runner_dir: default_runner_dir(),
             }),
         }
     }

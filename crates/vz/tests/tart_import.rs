@@ -54,7 +54,7 @@ fn imports_a_sealed_template_the_agent_can_load() {
             .guest_agent
             .as_ref()
             .map(|a| a.runner_dir.as_str()),
-        Some("/Users/admin/actions-runner")
+        Some("/tmp/runner")
     );
     // Limits default to the tart VM's own size (4 CPUs, 8 GiB).
     assert_eq!(

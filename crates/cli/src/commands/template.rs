@@ -4,7 +4,9 @@
 use anyhow::Context;
 use shoes_vz_agent::config::AgentConfig;
 use shoes_vz_agent::{ssh, template};
-use shoes_vz_guest_image::{build_test_guest, find_runner_agent, BuildOptions, DevKeys};
+use shoes_vz_guest_image::{
+    build_test_guest, find_runner_agent, find_standin_runner, BuildOptions, DevKeys,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,6 +67,10 @@ pub struct BuildTestGuestArgs {
     /// Build without the runner-agent (reachable only with --dev-authorized-key).
     #[arg(long)]
     no_runner_agent: bool,
+    /// The stand-in GitHub Actions runner cached at /usr/local/etc/runner-v2.336.0, where
+    /// myshoes' setup script finds it offline [default: this workspace's build, if any].
+    #[arg(long)]
+    standin_runner: Option<PathBuf>,
     /// TEST ONLY: bake this authorized_keys file in for the `runner` user. Every runner of
     /// the image then shares its keys; never use such an image for real jobs.
     #[arg(long)]
@@ -113,6 +119,12 @@ async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
              --runner-agent PATH, or --no-runner-agent with --dev-authorized-key",
         )?)
     };
+    options.standin_runner = args.standin_runner.or_else(find_standin_runner);
+    if options.standin_runner.is_none() {
+        eprintln!(
+            "note: no stand-in runner (`cargo build -p shoes-vz-standin-runner`): the guest has no runner cache, so myshoes' setup script would download the real runner"
+        );
+    }
     if let Some(path) = &args.dev_authorized_key {
         let authorized_key = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;

@@ -30,7 +30,7 @@ pub struct NewTemplateArgs {
     #[arg(long, default_value = "admin")]
     ssh_user: String,
     /// The GitHub Actions runner's directory in the guest
-    /// [default: /Users/<SSH_USER>/actions-runner].
+    /// [default: /tmp/runner, where myshoes' setup script installs it].
     #[arg(long, conflicts_with = "no_guest_agent")]
     runner_dir: Option<String>,
     /// The image has no shoes-vz-runner-agent and carries its own SSH keys (tests only): its
@@ -59,10 +59,7 @@ impl NewTemplateArgs {
 
     fn guest_agent(&self) -> Option<GuestAgent> {
         (!self.no_guest_agent).then(|| GuestAgent {
-            runner_dir: self
-                .runner_dir
-                .clone()
-                .unwrap_or_else(|| default_runner_dir(&self.ssh_user)),
+            runner_dir: self.runner_dir.clone().unwrap_or_else(default_runner_dir),
         })
     }
 

