@@ -66,6 +66,8 @@ pub struct ClusterOptions {
     pub guest_status_interval: Duration,
     /// test backend: how long a graceful VM stop takes.
     pub test_stop_delay: Duration,
+    /// How long starting a runner's setup script may take (it then runs for the job's life).
+    pub setup_start_timeout: Duration,
     /// qemu: also make the test guest's warm template (runners asking for label `warm`).
     pub warm: bool,
     /// vz: the operator's templates (made by `template create`/`import-tart`); runner bundles
@@ -114,6 +116,7 @@ impl ClusterOptions {
             reclaim_finished: true,
             guest_status_interval: Duration::from_millis(200),
             test_stop_delay: Duration::ZERO,
+            setup_start_timeout: Duration::from_secs(60),
             warm: false,
             templates_dir: None,
         }
@@ -252,6 +255,7 @@ impl LocalCluster {
         config.reclaim_finished = self.options.reclaim_finished;
         config.guest_status_interval = self.options.guest_status_interval;
         config.test_backend.stop_delay = self.options.test_stop_delay;
+        config.timeouts.setup_start = self.options.setup_start_timeout;
         config.reconnect.initial_backoff = Duration::from_millis(100);
         config.reconnect.max_backoff = Duration::from_secs(2);
         if self.options.backend == BackendKind::Vz {
