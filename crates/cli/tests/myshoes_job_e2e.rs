@@ -90,7 +90,14 @@ async fn a_real_myshoes_job_runs_to_its_end_and_its_slot_is_reclaimed() {
 
     // The runner registers and listens: idle.
     let mut seen = Vec::new();
-    wait_guest_state(&mut client, &cloud_id, "idle", &mut seen, Duration::from_secs(180)).await;
+    wait_guest_state(
+        &mut client,
+        &cloud_id,
+        "idle",
+        &mut seen,
+        Duration::from_secs(180),
+    )
+    .await;
     let runner = get(&mut client, &cloud_id).await;
     assert_eq!(runner.state, "running");
     let runner_id = RunnerId::parse(&runner.runner_id).expect("runner id");
@@ -100,7 +107,12 @@ async fn a_real_myshoes_job_runs_to_its_end_and_its_slot_is_reclaimed() {
         .await
         .expect("SSH into the runner");
     assert_eq!(
-        run(&session, "cat /tmp/runner/.runner | head -c 3 | od -An -tx1").await.trim(),
+        run(
+            &session,
+            "cat /tmp/runner/.runner | head -c 3 | od -An -tx1"
+        )
+        .await
+        .trim(),
         "ef bb bf",
         "the stand-in registered the way the real runner does (.runner with a BOM)"
     );
@@ -117,7 +129,14 @@ async fn a_real_myshoes_job_runs_to_its_end_and_its_slot_is_reclaimed() {
     )
     .await;
     let dispatched = Instant::now();
-    wait_guest_state(&mut client, &cloud_id, "running", &mut seen, Duration::from_secs(60)).await;
+    wait_guest_state(
+        &mut client,
+        &cloud_id,
+        "running",
+        &mut seen,
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Watch from inside the guest for the ephemeral runner's end (`.runner` removed before the
     // listener exits), and from the server for the slot to be free.
@@ -183,12 +202,19 @@ async fn a_real_myshoes_job_runs_to_its_end_and_its_slot_is_reclaimed() {
         .into_iter()
         .filter(|state| seen.iter().any(|s| s == state))
         .collect();
-    assert_eq!(order, ["idle", "running", "finished"], "guest states seen: {seen:?}");
+    assert_eq!(
+        order,
+        ["idle", "running", "finished"],
+        "guest states seen: {seen:?}"
+    );
     let positions: Vec<usize> = order
         .iter()
         .filter_map(|state| seen.iter().position(|s| s == state))
         .collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order: {seen:?}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {seen:?}"
+    );
 
     // myshoes deletes the runner once GitHub no longer lists it: OK, not NotFound.
     let deleted = go_one(
@@ -260,7 +286,11 @@ async fn prepare() -> Option<Prepared> {
     let built = shoes_vz_cli::qemu_templates::ensure_test_guest(&templates)
         .await
         .expect("the test guest builds");
-    eprintln!("test guest {} ({})", built.version, if built.built { "built" } else { "cached" });
+    eprintln!(
+        "test guest {} ({})",
+        built.version,
+        if built.built { "built" } else { "cached" }
+    );
     Some(Prepared {
         templates,
         plugin,
@@ -348,7 +378,12 @@ fn ssh_target(bundle: &Path) -> SshTarget {
 
 async fn run(session: &ssh::SshSession, command: &str) -> String {
     let output = session
-        .run_script("sh -s", command.as_bytes(), Duration::from_secs(30), 64 * 1024)
+        .run_script(
+            "sh -s",
+            command.as_bytes(),
+            Duration::from_secs(30),
+            64 * 1024,
+        )
         .await
         .expect("the command ran");
     assert_eq!(

@@ -3,6 +3,7 @@
 
 pub mod clone;
 pub mod control_plane;
+pub mod jobs;
 pub mod startup;
 
 #[derive(clap::Subcommand, Debug)]
@@ -13,6 +14,9 @@ pub enum BenchCommand {
     Clone(clone::CloneArgs),
     /// Runner startup on QEMU, cold and warm, against a bare qemu + ssh loop of the same guest.
     Startup(startup::StartupArgs),
+    /// N jobs as myshoes runs them (through the plugin, stand-in runner, test backend): job
+    /// throughput, queue wait and slot idle time, with and without reclaiming finished runners.
+    Jobs(jobs::JobsArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -20,5 +24,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::ControlPlane(args) => control_plane::run(args).await,
         BenchCommand::Clone(args) => clone::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
+        BenchCommand::Jobs(args) => jobs::run(args).await,
     }
 }
