@@ -399,7 +399,7 @@ pub(crate) mod tests {
             "diskFiles": ["Disk.img", "AuxiliaryStorage", "HardwareModel.json"],
             "limits": {"maxVcpus": 8, "maxMemoryMib": 16384},
             "setupShell": "bash -s",
-            "guestAgent": {"runnerDir": "/Users/admin/actions-runner"}
+            "guestAgent": {"runnerDir": "/tmp/runner"}
         });
         assert_eq!(json, expected);
         let without_agent = TemplateInfo {
