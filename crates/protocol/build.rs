@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/shoes/vz/shoes/v1/shoes.proto",
         "proto/shoes/vz/agent/v1/agent.proto",
+        "proto/shoes/vz/operator/v1/operator.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

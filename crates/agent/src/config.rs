@@ -9,7 +9,8 @@ use std::time::Duration;
 pub struct AgentConfig {
     /// The server's gRPC URL, `http://host:50051` or `https://…` with TLS.
     pub server_url: String,
-    /// Bearer token for the server's AgentService. Prefer `SHOESVZ_AGENT_TOKEN`/`SHOESVZ_TOKEN`.
+    /// The fleet's enrollment token: presented once, to enroll; the agent then keeps its own
+    /// credential in `data_dir` (`agent-credential`, 0600). Prefer `SHOESVZ_AGENT_TOKEN`.
     pub token: Option<String>,
     /// PEM CA certificate to verify the server's TLS certificate with.
     pub tls_ca: Option<PathBuf>,
@@ -266,6 +267,10 @@ pub struct Reconnect {
     pub initial_backoff: Duration,
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// The longest the server may stay silent (heartbeats included) before the agent drops
+    /// the link and reconnects; the server may ask for less.
+    #[serde(with = "humantime_serde")]
+    pub server_silence: Duration,
 }
 
 impl Default for Reconnect {
@@ -273,6 +278,7 @@ impl Default for Reconnect {
         Self {
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            server_silence: Duration::from_secs(10),
         }
     }
 }

@@ -116,12 +116,14 @@ impl RunningAgent {
         };
         let sync_config = sync::SyncConfig {
             server_url: config.server_url.clone(),
-            token: config.token.clone().unwrap_or_default(),
+            enrollment_token: config.token.clone().unwrap_or_default(),
+            data_dir: config.data_dir.clone(),
             tls_ca_pem,
             agent_id: agent_id.clone(),
             registration,
             initial_backoff: config.reconnect.initial_backoff,
             max_backoff: config.reconnect.max_backoff,
+            server_silence: config.reconnect.server_silence,
         };
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let state_file = StateFile::new(config.state_file(), agent_id.to_string());

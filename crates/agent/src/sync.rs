@@ -1,29 +1,44 @@
 //! The agent's link to the server: register, open Sync, report everything, execute pushed
 //! commands, and reconnect forever with exponential backoff and jitter. The agent never exits
 //! because the server went away.
+//!
+//! Trust: a new agent enrolls with the fleet's shared enrollment token and keeps the credential
+//! the server returns (0600, beside its id); it presents that credential from then on. A
+//! revoked agent destroys its runners and keeps being refused.
+//!
+//! Liveness: both sides send a heartbeat every heartbeat interval, and the agent drops a stream
+//! that has been silent for the heartbeat timeout (the server's value, at most the agent's
+//! `reconnect.server_silence`); HTTP/2 pings cover the connection underneath.
 
 use crate::error_chain;
+use crate::identity::{self, Credential};
 use crate::runner::RunnerManager;
 use shoes_vz_model::AgentId;
 use shoes_vz_protocol::agent::v1 as pb;
 use shoes_vz_protocol::agent::v1::agent_service_client::AgentServiceClient;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Everything one connection attempt needs.
 pub struct SyncConfig {
     pub server_url: String,
-    pub token: String,
+    /// The fleet's shared enrollment token: used only while the agent has no credential.
+    pub enrollment_token: String,
+    /// Where the agent keeps its credential.
+    pub data_dir: PathBuf,
     pub tls_ca_pem: Option<Vec<u8>>,
     pub agent_id: AgentId,
     pub registration: pb::RegisterAgentRequest,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// The longest a silent server is trusted (the server may ask for less).
+    pub server_silence: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +53,10 @@ enum SessionError {
     BadToken,
     #[error("the server closed the stream")]
     Closed,
+    #[error("the server was silent for {0:?}; the link is presumed dead")]
+    Silent(Duration),
+    #[error("cannot keep the credential the server issued")]
+    Credential(#[source] identity::IdentityError),
 }
 
 /// Runs until `shutdown`; returns only then.
@@ -48,19 +67,50 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = config.initial_backoff;
+    let mut credential = match identity::load_credential(&config.data_dir) {
+        Ok(credential) => credential,
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "cannot read the agent's credential; enrolling again");
+            None
+        }
+    };
     loop {
         let mut synced = false;
-        let result = session(&config, &manager, &mut events, &shutdown, &mut synced).await;
+        let result = session(
+            &config,
+            &manager,
+            &mut events,
+            &shutdown,
+            &mut synced,
+            &mut credential,
+        )
+        .await;
+        manager.server_link(false);
         if shutdown.is_cancelled() {
             return;
         }
         if synced {
             backoff = config.initial_backoff;
         }
-        match result {
+        match &result {
             Ok(()) => tracing::warn!("server ended the session; reconnecting"),
+            Err(SessionError::Status(status)) if status.code() == tonic::Code::PermissionDenied => {
+                tracing::error!(
+                    message = status.message(),
+                    "the server refused this agent for good (revoked?); destroying its runners"
+                );
+                manager.destroy_all();
+                backoff = config.max_backoff;
+            }
+            Err(SessionError::Status(status))
+                if status.code() == tonic::Code::Unauthenticated && credential.is_some() =>
+            {
+                // The server may have lost its records (a new store): enroll again.
+                tracing::warn!(message = status.message(), "the server refused the agent's credential; enrolling again with the enrollment token");
+                credential = None;
+            }
             Err(error) => {
-                tracing::warn!(error = %error_chain(&error), retry_in = ?backoff, "server link down; retrying")
+                tracing::warn!(error = %error_chain(error), retry_in = ?backoff, "server link down; retrying")
             }
         }
         let wait = with_jitter(backoff);
@@ -79,12 +129,15 @@ fn with_jitter(base: Duration) -> Duration {
 }
 
 async fn connect(config: &SyncConfig) -> Result<Channel, SessionError> {
+    // HTTP/2 pings notice a dead connection within the silence limit even when no message
+    // is due.
+    let ping = (config.server_silence / 2).max(Duration::from_millis(500));
     let mut endpoint = Endpoint::from_shared(config.server_url.clone())
         .map_err(SessionError::Endpoint)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Some(Duration::from_secs(20)))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(ping)
+        .keep_alive_timeout(ping)
         .keep_alive_while_idle(true);
     if let Some(ca) = &config.tls_ca_pem {
         let tls =
@@ -94,32 +147,66 @@ async fn connect(config: &SyncConfig) -> Result<Channel, SessionError> {
     endpoint.connect().await.map_err(SessionError::Connect)
 }
 
+type Client = AgentServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        shoes_vz_protocol::client::BearerToken,
+    >,
+>;
+
+fn client(channel: Channel, secret: &str) -> Result<Client, SessionError> {
+    let bearer = shoes_vz_protocol::client::bearer(secret).map_err(|_| SessionError::BadToken)?;
+    Ok(AgentServiceClient::with_interceptor(channel, bearer))
+}
+
+/// Between `floor` and `ceiling`, or `fallback` when the server said nothing.
+fn from_server(ms: u64, fallback: Duration, ceiling: Duration) -> Duration {
+    if ms == 0 {
+        return fallback.min(ceiling);
+    }
+    Duration::from_millis(ms)
+        .clamp(Duration::from_millis(100), Duration::from_secs(600))
+        .min(ceiling)
+}
+
 async fn session(
     config: &SyncConfig,
     manager: &Arc<RunnerManager>,
     events: &mut mpsc::UnboundedReceiver<pb::RunnerStatus>,
     shutdown: &CancellationToken,
     synced: &mut bool,
+    credential: &mut Option<Credential>,
 ) -> Result<(), SessionError> {
     let channel = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         channel = connect(config) => channel?,
     };
-    let bearer: MetadataValue<_> = format!("Bearer {}", config.token)
-        .parse()
-        .map_err(|_| SessionError::BadToken)?;
-    let mut client =
-        AgentServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            Ok(request)
-        });
-    let registered = client
+    let presented = credential
+        .as_ref()
+        .map_or(config.enrollment_token.as_str(), Credential::expose);
+    let registered = client(channel.clone(), presented)?
         .register_agent(config.registration.clone())
         .await?
         .into_inner();
+    if let Some(issued) = Credential::new(registered.credential.clone()) {
+        identity::store_credential(&config.data_dir, &issued).map_err(SessionError::Credential)?;
+        tracing::info!(
+            "enrolled with the server; the agent's own credential is kept in its data dir"
+        );
+        *credential = Some(issued);
+    }
+    let Some(own) = credential.as_ref() else {
+        return Err(SessionError::Status(tonic::Status::unauthenticated(
+            "the server registered the agent but issued no credential",
+        )));
+    };
     let snapshot_every = Duration::from_millis(registered.snapshot_interval_ms.clamp(100, 600_000));
+    let silence = from_server(
+        registered.heartbeat_timeout_ms,
+        config.server_silence,
+        config.server_silence,
+    );
+    let heartbeat_every = from_server(registered.heartbeat_interval_ms, silence / 3, silence / 2);
 
     // Updates queued while disconnected are older than the snapshot sent next: drop them.
     while events.try_recv().is_ok() {}
@@ -131,30 +218,48 @@ async fn session(
     };
     let _ = outbound.send(hello).await;
     let _ = outbound.send(snapshot_message(manager)).await;
-    let mut inbound = client
+    let mut inbound = client(channel, own.expose())?
         .sync(ReceiverStream::new(outbound_rx))
         .await?
         .into_inner();
     *synced = true;
+    manager.server_link(true);
     tracing::info!(server = %config.server_url, runners = manager.runner_count(), "connected to the server");
 
-    let mut ticker = tokio::time::interval(snapshot_every);
-    ticker.tick().await;
+    let mut snapshots = tokio::time::interval(snapshot_every);
+    snapshots.tick().await;
+    let mut heartbeats = tokio::time::interval(heartbeat_every);
+    heartbeats.tick().await;
+    let mut heard = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            message = inbound.message() => match message? {
-                Some(command) => manager.handle_command(command),
-                None => return Err(SessionError::Closed),
-            },
+            _ = tokio::time::sleep_until(heard + silence) => return Err(SessionError::Silent(silence)),
+            message = inbound.message() => {
+                heard = Instant::now();
+                match message? {
+                    Some(command) => manager.handle_command(command),
+                    None => return Err(SessionError::Closed),
+                }
+            }
             Some(status) = events.recv() => {
                 let update = pb::AgentMessage { message: Some(pb::agent_message::Message::RunnerUpdate(status)) };
                 if outbound.send(update).await.is_err() {
                     return Err(SessionError::Closed);
                 }
             }
-            _ = ticker.tick() => {
+            _ = snapshots.tick() => {
                 if outbound.send(snapshot_message(manager)).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            _ = heartbeats.tick() => {
+                let beat = pb::AgentMessage {
+                    message: Some(pb::agent_message::Message::Heartbeat(pb::Heartbeat {
+                        sent_at_unix_us: crate::unix_micros(),
+                    })),
+                };
+                if outbound.send(beat).await.is_err() {
                     return Err(SessionError::Closed);
                 }
             }
@@ -183,5 +288,14 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_server_may_shorten_but_not_stretch_the_silence_limit() {
+        let ceiling = Duration::from_secs(10);
+        assert_eq!(from_server(0, ceiling, ceiling), ceiling);
+        assert_eq!(from_server(4_000, ceiling, ceiling), Duration::from_secs(4));
+        assert_eq!(from_server(60_000, ceiling, ceiling), ceiling);
+        assert_eq!(from_server(1, ceiling, ceiling), Duration::from_millis(100));
     }
 }

@@ -1,11 +1,12 @@
 //! An all-in-one local cluster: one server (embedded SQLite) and N agents in one process, on
 //! loopback only. Used by `shoes-vz dev`, the benchmarks and the integration tests.
 
+use crate::fleet_client::FleetClient;
 use anyhow::Context;
 use shoes_vz_agent::config::{AgentConfig, BackendKind, CloneMode};
 use shoes_vz_agent::{bundle, template, RunningAgent};
 use shoes_vz_model::{ResourceSpec, ResourceType};
-use shoes_vz_protocol::client::{connect_shoes, ConnectOptions, ShoesClient};
+use shoes_vz_protocol::client::ConnectOptions;
 use shoes_vz_server::config::ServerConfig;
 use shoes_vz_server::RunningServer;
 use std::net::SocketAddr;
@@ -48,7 +49,12 @@ pub struct ClusterOptions {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub metrics_listen: Option<SocketAddr>,
+    /// myshoes' token (ShoesService).
     pub token: String,
+    /// The operator token (OperatorService).
+    pub operator_token: String,
+    /// The agents' enrollment token.
+    pub agent_token: String,
     pub backend: BackendKind,
     pub agents: usize,
     pub max_runners_per_agent: u32,
@@ -104,6 +110,8 @@ impl ClusterOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             token: token.to_string(),
+            operator_token: format!("{token}-operator"),
+            agent_token: format!("{token}-enrollment"),
             backend: BackendKind::Test,
             agents: 1,
             max_runners_per_agent: 2,
@@ -199,6 +207,8 @@ impl LocalCluster {
             ..ServerConfig::default()
         };
         config.auth.token = Some(options.token.clone());
+        config.auth.operator_token = Some(options.operator_token.clone());
+        config.auth.agent_token = Some(options.agent_token.clone());
         config.timeouts.add_instance = options.add_instance_timeout;
         config.timeouts.queue_wait = options.queue_wait.min(
             options
@@ -233,7 +243,7 @@ impl LocalCluster {
         let dir = self.options.data_dir.join("agents").join(index.to_string());
         let mut config = AgentConfig {
             server_url: format!("http://{}", self.server.grpc_addr),
-            token: Some(self.options.token.clone()),
+            token: Some(self.options.agent_token.clone()),
             data_dir: dir.clone(),
             templates_dir: self
                 .options
@@ -269,10 +279,12 @@ impl LocalCluster {
         config
     }
 
-    pub async fn client(&self) -> anyhow::Result<ShoesClient> {
-        Ok(connect_shoes(
+    /// myshoes' API and the operators', with their tokens.
+    pub async fn client(&self) -> anyhow::Result<FleetClient> {
+        Ok(FleetClient::connect(
             &self.server.grpc_addr.to_string(),
             &self.options.token,
+            &self.options.operator_token,
             &ConnectOptions::default(),
         )
         .await?)

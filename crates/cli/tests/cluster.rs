@@ -186,7 +186,10 @@ async fn requests_that_can_never_succeed_are_invalid_argument_and_auth_is_requir
     )
     .await
     .expect("connect")
-    .list_runners(pb::ListRunnersRequest::default())
+    .delete_instance(pb::DeleteInstanceRequest {
+        cloud_id: "shoes-vz-0123456789abcdef0123456789abcdef".into(),
+        labels: vec![],
+    })
     .await
     .expect_err("wrong token");
     assert_eq!(no_token.code(), Code::Unauthenticated);
@@ -235,14 +238,7 @@ async fn a_guest_that_never_becomes_ready_is_destroyed_at_its_timeout() {
         "{}",
         status.message()
     );
-    let runners = client
-        .list_runners(pb::ListRunnersRequest {
-            include_deleted: true,
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .runners;
+    let runners = client.list_runners(true).await.expect("list");
     assert_eq!(runners.len(), 1);
     let runner = wait_state(&mut client, &runners[0].cloud_id, "deleted").await;
     assert!(!runner.error.is_empty());

@@ -315,7 +315,7 @@ async fn go_one(prepared: &Prepared, env: &[(&str, &str)], args: &[&str]) -> Val
 }
 
 async fn record_state(
-    client: &mut shoes_vz_protocol::client::ShoesClient,
+    client: &mut shoes_vz_cli::fleet_client::FleetClient,
     cloud_id: &str,
     seen: &mut Vec<String>,
 ) {
@@ -326,7 +326,7 @@ async fn record_state(
 }
 
 async fn wait_guest_state(
-    client: &mut shoes_vz_protocol::client::ShoesClient,
+    client: &mut shoes_vz_cli::fleet_client::FleetClient,
     cloud_id: &str,
     wanted: &str,
     seen: &mut Vec<String>,

@@ -27,15 +27,8 @@ fn with_labels(name: &str, script: &str, labels: &[&str]) -> pb::AddInstanceRequ
     request
 }
 
-async fn list_all(client: &mut shoes_vz_protocol::client::ShoesClient) -> Vec<pb::RunnerInfo> {
-    client
-        .list_runners(pb::ListRunnersRequest {
-            include_deleted: true,
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .runners
+async fn list_all(client: &mut shoes_vz_cli::fleet_client::FleetClient) -> Vec<pb::RunnerInfo> {
+    client.list_runners(true).await.expect("list")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +68,7 @@ async fn a_retry_under_the_same_runner_name_attaches_to_the_same_runner() {
     cluster.shutdown().await;
 }
 
-async fn wait_until_listed(client: &mut shoes_vz_protocol::client::ShoesClient, count: usize) {
+async fn wait_until_listed(client: &mut shoes_vz_cli::fleet_client::FleetClient, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while list_all(client).await.len() < count {
         assert!(

@@ -17,12 +17,12 @@ use shoes_vz_agent::hypervisor::qemu::{process, PID_FILE, QEMU_LOG};
 use shoes_vz_agent::runner::guest::CONFIG_DISK_FILE;
 use shoes_vz_agent::ssh::{self, SshError, SshTarget};
 use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
+use shoes_vz_cli::fleet_client::FleetClient;
 use shoes_vz_cli::plugin_client::PluginHost;
 use shoes_vz_guest_image::apt::AptError;
 use shoes_vz_guest_image::BuildError;
 use shoes_vz_model::RunnerId;
 use shoes_vz_plugin::proto::myshoes;
-use shoes_vz_protocol::client::ShoesClient;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -162,14 +162,7 @@ async fn a_guest_that_never_becomes_ready_is_destroyed_at_its_timeout() {
         "says what timed out: {}",
         status.message()
     );
-    let runners = client
-        .list_runners(pb::ListRunnersRequest {
-            include_deleted: true,
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .runners;
+    let runners = client.list_runners(true).await.expect("list");
     assert_eq!(runners.len(), 1);
     // A guest that never came up is ended at once (no power-button wait).
     let runner = wait_deleted(&mut client, &runners[0].cloud_id, Duration::from_secs(90)).await;
@@ -403,7 +396,7 @@ struct Live {
 /// reports its runner state.
 async fn check_live(
     cluster: &LocalCluster,
-    client: &mut ShoesClient,
+    client: &mut FleetClient,
     reply: &myshoes::AddInstanceResponse,
     marker: &str,
     template: &str,
@@ -517,7 +510,7 @@ async fn check_live(
 async fn delete_and_check_gone(
     host: &PluginHost,
     cluster: &LocalCluster,
-    client: &mut ShoesClient,
+    client: &mut FleetClient,
     live: Live,
 ) {
     let started = Instant::now();
@@ -547,7 +540,7 @@ async fn delete_and_check_gone(
 
 /// Polls (test-side only) until the runner is deleted.
 async fn wait_deleted(
-    client: &mut ShoesClient,
+    client: &mut FleetClient,
     cloud_id: &str,
     within: Duration,
 ) -> pb::RunnerInfo {

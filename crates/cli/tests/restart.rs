@@ -32,12 +32,7 @@ async fn restarted_server_still_lists_and_deletes_its_runners() {
         .expect("second server on the same database");
 
     let mut client = cluster.client().await.expect("client to the new server");
-    let listed = client
-        .list_runners(pb::ListRunnersRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .runners;
+    let listed = client.list_runners(false).await.expect("list");
     assert_eq!(listed.len(), 1, "the restarted server knows the runner");
     assert_eq!(listed[0].cloud_id, cloud_id);
     assert_eq!(listed[0].runner_name, "myshoes-survivor");

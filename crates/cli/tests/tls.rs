@@ -3,13 +3,14 @@
 
 use shoes_vz_agent::config::{AgentConfig, CloneMode};
 use shoes_vz_agent::{template, RunningAgent};
-use shoes_vz_protocol::client::{connect_shoes, ConnectOptions};
-use shoes_vz_protocol::shoes::v1 as pb;
+use shoes_vz_protocol::client::{connect_operator, ConnectOptions};
+use shoes_vz_protocol::operator::v1 as op;
 use shoes_vz_server::config::{ServerConfig, TlsConfig};
 use shoes_vz_server::RunningServer;
 use std::time::Duration;
 
 const TOKEN: &str = "tls-test-token-0123456789";
+const OPERATOR_TOKEN: &str = "tls-test-operator-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_agent_and_client_speak_tls_with_a_trusted_certificate() {
@@ -38,6 +39,7 @@ async fn server_agent_and_client_speak_tls_with_a_trusted_certificate() {
         ..ServerConfig::default()
     };
     config.auth.token = Some(TOKEN.to_string());
+    config.auth.operator_token = Some(OPERATOR_TOKEN.to_string());
     let mut server = RunningServer::start(config)
         .await
         .expect("TLS server starts");
@@ -71,24 +73,28 @@ async fn server_agent_and_client_speak_tls_with_a_trusted_certificate() {
         tls_ca_pem: Some(cert_pem.into_bytes()),
         connect_timeout: Some(Duration::from_secs(5)),
     };
-    let mut client = connect_shoes(&format!("https://localhost:{port}"), TOKEN, &trusted)
-        .await
-        .expect("TLS client connects");
+    let mut client = connect_operator(
+        &format!("https://localhost:{port}"),
+        OPERATOR_TOKEN,
+        &trusted,
+    )
+    .await
+    .expect("TLS client connects");
     client
-        .list_runners(pb::ListRunnersRequest::default())
+        .list_runners(op::ListRunnersRequest::default())
         .await
         .expect("authenticated call over TLS");
 
-    let plaintext = connect_shoes(
+    let plaintext = connect_operator(
         &format!("http://localhost:{port}"),
-        TOKEN,
+        OPERATOR_TOKEN,
         &ConnectOptions::default(),
     )
     .await;
     let refused = match plaintext {
         Err(_) => true,
         Ok(mut client) => client
-            .list_runners(pb::ListRunnersRequest::default())
+            .list_runners(op::ListRunnersRequest::default())
             .await
             .is_err(),
     };

@@ -30,15 +30,7 @@ async fn runner_state(
     cloud_id: &str,
 ) -> pb::RunnerInfo {
     let mut client = cluster.client().await.expect("client");
-    client
-        .get_runner(pb::GetRunnerRequest {
-            cloud_id: cloud_id.to_string(),
-        })
-        .await
-        .expect("get runner")
-        .into_inner()
-        .runner
-        .expect("runner")
+    client.get_runner(cloud_id).await.expect("get runner")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

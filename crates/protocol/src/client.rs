@@ -1,6 +1,7 @@
 //! Connecting to a shoes-vz server as myshoes' plugin, an operator or a test does: bearer
 //! token on every call, TLS when a CA is given.
 
+use crate::operator::v1::operator_service_client::OperatorServiceClient;
 use crate::shoes::v1::shoes_service_client::ShoesServiceClient;
 use std::time::Duration;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -22,6 +23,7 @@ impl tonic::service::Interceptor for BearerToken {
 }
 
 pub type ShoesClient = ShoesServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type OperatorClient = OperatorServiceClient<InterceptedService<Channel, BearerToken>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -83,21 +85,40 @@ pub fn endpoint(addr: &str, options: &ConnectOptions) -> Result<Endpoint, Client
     Ok(endpoint)
 }
 
+async fn channel(addr: &str, options: &ConnectOptions) -> Result<Channel, ClientError> {
+    endpoint(addr, options)?
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// myshoes' API (AddInstance, DeleteInstance) with myshoes' token.
 pub async fn connect_shoes(
     addr: &str,
     token: &str,
     options: &ConnectOptions,
 ) -> Result<ShoesClient, ClientError> {
     let interceptor = bearer(token)?;
-    let channel =
-        endpoint(addr, options)?
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
+    let channel = channel(addr, options).await?;
     Ok(ShoesServiceClient::with_interceptor(channel, interceptor))
+}
+
+/// The operators' API with the operator token.
+pub async fn connect_operator(
+    addr: &str,
+    token: &str,
+    options: &ConnectOptions,
+) -> Result<OperatorClient, ClientError> {
+    let interceptor = bearer(token)?;
+    let channel = channel(addr, options).await?;
+    Ok(
+        OperatorServiceClient::with_interceptor(channel, interceptor)
+            // Pages are bounded; a runner with a long history and logs may still be large.
+            .max_decoding_message_size(16 * 1024 * 1024),
+    )
 }
 
 #[cfg(test)]

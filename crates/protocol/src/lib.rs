@@ -1,7 +1,8 @@
 //! The gRPC API of shoes-vz, generated at build time from `proto/`.
 //!
 //! # Layout
-//! - [`shoes`]: `shoes.vz.shoes.v1`, the API for myshoes (through the plugin) and operators.
+//! - [`shoes`]: `shoes.vz.shoes.v1`, the API for myshoes (through the plugin).
+//! - [`operator`]: `shoes.vz.operator.v1`, the API for operators (the `shoes-vz` CLI).
 //! - [`agent`]: `shoes.vz.agent.v1`, the API between the server and its agents.
 //! - [`client`]: connecting to a server with a bearer token (and TLS).
 
@@ -11,6 +12,13 @@ pub mod client;
 pub mod shoes {
     pub mod v1 {
         tonic::include_proto!("shoes.vz.shoes.v1");
+    }
+}
+
+#[allow(clippy::all)]
+pub mod operator {
+    pub mod v1 {
+        tonic::include_proto!("shoes.vz.operator.v1");
     }
 }
 

@@ -1,5 +1,7 @@
-//! AgentService: registration and the Sync stream, handed straight to the fleet.
+//! AgentService: registration and the Sync stream, handed straight to the fleet. Agents are
+//! authenticated there (enrollment token or the agent's own credential; see `fleet::trust`).
 
+use crate::auth::{bearer, peer};
 use crate::fleet::Fleet;
 use futures::Stream;
 use futures::StreamExt;
@@ -18,6 +20,20 @@ impl AgentApi {
     pub fn new(fleet: Arc<Fleet>) -> Self {
         Self { fleet }
     }
+
+    /// The bearer token of an agent call; a call without one is refused (and counted) here.
+    fn presented<T>(&self, request: &Request<T>, peer: &str) -> Result<String, Status> {
+        match bearer(request) {
+            Some(token) => Ok(token.to_string()),
+            None => {
+                self.fleet.metrics().count_auth_refused("agent");
+                tracing::warn!(%peer, "refused an agent call without a bearer token");
+                Err(Status::unauthenticated(
+                    "missing `authorization: Bearer <token>`: an agent presents its credential, or the enrollment token (SHOESVZ_AGENT_TOKEN) to enroll",
+                ))
+            }
+        }
+    }
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
@@ -28,9 +44,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
-        Ok(Response::new(
-            self.fleet.register_agent(request.into_inner())?,
-        ))
+        let peer = peer(&request);
+        let presented = self.presented(&request, &peer)?;
+        Ok(Response::new(self.fleet.register_agent(
+            request.into_inner(),
+            &presented,
+            &peer,
+        )?))
     }
 
     type SyncStream = CommandStream;
@@ -39,6 +59,8 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = peer(&request);
+        let presented = self.presented(&request, &peer)?;
         let mut inbound = request.into_inner();
         let hello =
             match tokio::time::timeout(std::time::Duration::from_secs(10), inbound.next()).await {
@@ -57,7 +79,9 @@ impl AgentService for AgentApi {
                     ))
                 }
             };
-        let session = self.fleet.open_session(&hello.agent_id)?;
+        let session = self
+            .fleet
+            .open_session(&hello.agent_id, &presented, &peer)?;
         let fleet = Arc::clone(&self.fleet);
         let (agent_id, session_id, cancel) = (
             session.agent_id.clone(),

@@ -25,9 +25,13 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Bearer token for ShoesService (myshoes' plugin, operators). Required.
+    /// Bearer token for ShoesService: myshoes' plugin may only add and delete runners. Required.
     pub token: Option<String>,
-    /// Bearer token agents present; defaults to `token`.
+    /// Bearer token for OperatorService (the `shoes-vz` CLI): list, show, ssh, logs, cordon,
+    /// drain, revoke. Unset: the operator API is off.
+    pub operator_token: Option<String>,
+    /// The fleet's shared enrollment token: an agent presents it once, to enroll, and gets its
+    /// own credential for everything after. Defaults to `token` (logged as a warning).
     pub agent_token: Option<String>,
 }
 
@@ -81,9 +85,13 @@ pub struct Timeouts {
     /// How long DeleteInstance waits for the agent to confirm (myshoes gives it 3 minutes).
     #[serde(with = "humantime_serde")]
     pub delete_instance: Duration,
-    /// An agent silent this long is offline.
+    /// An agent silent this long (no message, heartbeats included) is offline: its session
+    /// ends and it must reconnect. Agents drop a silent server after the same time.
     #[serde(with = "humantime_serde")]
     pub agent_offline_after: Duration,
+    /// How often server and agent send each other a heartbeat on the Sync stream.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
     /// How often agents send a full snapshot (their heartbeat).
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
@@ -96,7 +104,8 @@ impl Default for Timeouts {
             queue_wait: Duration::from_secs(90),
             claim_grace: None,
             delete_instance: Duration::from_secs(120),
-            agent_offline_after: Duration::from_secs(30),
+            agent_offline_after: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
             snapshot_interval: Duration::from_secs(10),
         }
     }
@@ -127,8 +136,8 @@ pub enum ConfigError {
     Resources(#[source] shoes_vz_model::ResourceError),
     #[error("timeouts.{0} must be greater than zero")]
     ZeroTimeout(&'static str),
-    #[error("timeouts.agent_offline_after must be longer than timeouts.snapshot_interval, or every agent flaps offline")]
-    OfflineBeforeSnapshot,
+    #[error("timeouts.agent_offline_after must be at least twice timeouts.heartbeat_interval, or every agent flaps offline")]
+    OfflineBeforeHeartbeat,
     #[error("timeouts.add_instance ({add:?}) must leave at least {MIN_BOOT_TIME:?} after timeouts.queue_wait ({queue:?}) for the VM to boot; lower queue_wait or raise add_instance (below myshoes' 5 minutes)")]
     QueueLeavesNoBootTime { add: Duration, queue: Duration },
 }
@@ -144,9 +153,13 @@ impl Timeouts {
 
 impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for token in [&self.auth.token, &self.auth.agent_token]
-            .into_iter()
-            .flatten()
+        for token in [
+            &self.auth.token,
+            &self.auth.operator_token,
+            &self.auth.agent_token,
+        ]
+        .into_iter()
+        .flatten()
         {
             if token.len() < 16 {
                 return Err(ConfigError::WeakToken);
@@ -162,13 +175,14 @@ impl ServerConfig {
             ("delete_instance", t.delete_instance),
             ("agent_offline_after", t.agent_offline_after),
             ("snapshot_interval", t.snapshot_interval),
+            ("heartbeat_interval", t.heartbeat_interval),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroTimeout(name));
             }
         }
-        if t.agent_offline_after <= t.snapshot_interval {
-            return Err(ConfigError::OfflineBeforeSnapshot);
+        if t.agent_offline_after < t.heartbeat_interval * 2 {
+            return Err(ConfigError::OfflineBeforeHeartbeat);
         }
         if t.add_instance < t.queue_wait + MIN_BOOT_TIME {
             return Err(ConfigError::QueueLeavesNoBootTime {
@@ -231,7 +245,7 @@ mod tests {
         config.timeouts.agent_offline_after = Duration::from_secs(5);
         assert!(matches!(
             config.validate(),
-            Err(ConfigError::OfflineBeforeSnapshot)
+            Err(ConfigError::OfflineBeforeHeartbeat)
         ));
         config.timeouts.agent_offline_after = Duration::from_secs(30);
         config.timeouts.queue_wait = Duration::from_secs(230);

@@ -6,15 +6,20 @@
 //! - [`fleet`]: the live state of agents and runners and every decision on it.
 //! - [`scheduler`]: pure placement rules.
 //! - [`store`]: durable state (SQLite or PostgreSQL through sqlx Any); [`writer`] orders writes.
-//! - [`shoes_api`], [`agent_api`]: thin gRPC handlers; [`auth`]: bearer tokens.
+//! - [`shoes_api`], [`operator_api`], [`agent_api`]: thin gRPC handlers; [`auth`]: bearer
+//!   tokens; [`credentials`]: agents' own credentials; [`limits`]: request sizes and the codes
+//!   for requests that can never succeed.
 //! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint.
 
 pub mod agent_api;
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod fleet;
 pub mod http;
+pub mod limits;
 pub mod metrics;
+pub mod operator_api;
 pub mod scheduler;
 pub mod shoes_api;
 pub mod store;
@@ -24,6 +29,7 @@ use anyhow::Context;
 use config::ServerConfig;
 use fleet::Fleet;
 use shoes_vz_protocol::agent::v1::agent_service_server::AgentServiceServer;
+use shoes_vz_protocol::operator::v1::operator_service_server::OperatorServiceServer;
 use shoes_vz_protocol::shoes::v1::shoes_service_server::ShoesServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +59,7 @@ impl RunningServer {
             Arc::clone(&config),
             store,
             writer,
-            metrics,
+            Arc::clone(&metrics),
             shutdown.clone(),
         )
         .await?;
@@ -69,19 +75,37 @@ impl RunningServer {
         let grpc_addr = listener.local_addr()?;
         let mut tasks = JoinSet::new();
 
-        let shoes_auth = auth::BearerAuth::new(config.auth.token.as_deref().unwrap_or_default());
-        let agent_auth = auth::BearerAuth::new(config.agent_token().unwrap_or_default());
-        let shoes = ShoesServiceServer::with_interceptor(
-            shoes_api::ShoesApi::new(Arc::clone(&fleet)),
+        if config.auth.agent_token.is_none() {
+            tracing::warn!("auth.agent_token is not set: agents enroll with myshoes' token; set a separate enrollment token (SHOESVZ_AGENT_TOKEN)");
+        }
+        let shoes_auth = auth::BearerAuth::new(
+            config.auth.token.as_deref(),
+            "shoes",
+            "myshoes' token (SHOESVZ_TOKEN)",
+            Arc::clone(&metrics),
+        );
+        let operator_auth = auth::BearerAuth::new(
+            config.auth.operator_token.as_deref(),
+            "operator",
+            "the operator token (SHOESVZ_OPERATOR_TOKEN)",
+            Arc::clone(&metrics),
+        );
+        let shoes = tonic::service::interceptor::InterceptedService::new(
+            ShoesServiceServer::new(shoes_api::ShoesApi::new(Arc::clone(&fleet)))
+                .max_decoding_message_size(limits::MAX_REQUEST_BYTES),
             move |r| shoes_auth.check(r),
         );
-        let agents = AgentServiceServer::with_interceptor(
-            agent_api::AgentApi::new(Arc::clone(&fleet)),
-            move |r| agent_auth.check(r),
+        let operators = OperatorServiceServer::with_interceptor(
+            operator_api::OperatorApi::new(Arc::clone(&fleet)),
+            move |r| operator_auth.check(r),
         );
+        let agents = AgentServiceServer::new(agent_api::AgentApi::new(Arc::clone(&fleet)))
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES);
+        // HTTP/2 pings notice a dead connection even while no heartbeat is due.
+        let keepalive = config.timeouts.agent_offline_after / 2;
         let mut builder = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive));
         if let Some(tls) = &config.tls {
             let cert = std::fs::read(&tls.cert)
                 .with_context(|| format!("cannot read tls.cert {}", tls.cert.display()))?;
@@ -94,7 +118,11 @@ impl RunningServer {
                 )
                 .context("invalid TLS certificate or key")?;
         }
-        let router = builder.add_service(shoes).add_service(agents);
+        let router = builder
+            .layer(limits::InvalidRequestLayer)
+            .add_service(shoes)
+            .add_service(operators)
+            .add_service(agents);
         let stop = shutdown.clone();
         tasks.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -116,7 +144,7 @@ impl RunningServer {
         let liveness = Arc::clone(&fleet);
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,

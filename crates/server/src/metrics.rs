@@ -25,6 +25,45 @@ struct PhaseLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Why a runner failed, in a few words fit for a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    Clone,
+    Boot,
+    Ssh,
+    Setup,
+    Job,
+    /// Its agent lost it (restarted, revoked, went away).
+    Lost,
+    Unclaimed,
+    Other,
+}
+
+impl FailureReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Clone => "clone",
+            FailureReason::Boot => "boot",
+            FailureReason::Ssh => "ssh",
+            FailureReason::Setup => "setup",
+            FailureReason::Job => "job",
+            FailureReason::Lost => "lost",
+            FailureReason::Unclaimed => "unclaimed",
+            FailureReason::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabel {
     method: &'static str,
     code: String,
@@ -59,6 +98,7 @@ pub struct FleetGauges {
     pub runners_by_state: Vec<(RunnerState, i64)>,
     /// AddInstance calls waiting for a free slot.
     pub queue_length: i64,
+    pub agents_cordoned: i64,
 }
 
 pub struct Metrics {
@@ -76,6 +116,10 @@ pub struct Metrics {
     queue_timeouts: Counter,
     finished: Counter,
     unclaimed: Counter,
+    auth_refused: Family<ServiceLabel, Counter>,
+    heartbeat_misses: Counter,
+    agents_cordoned: Gauge,
+    failures: Family<ReasonLabel, Counter>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -102,6 +146,30 @@ impl Default for Metrics {
         let queue_timeouts = Counter::default();
         let finished = Counter::default();
         let unclaimed = Counter::default();
+        let auth_refused = Family::<ServiceLabel, Counter>::default();
+        let heartbeat_misses = Counter::default();
+        let agents_cordoned = Gauge::default();
+        let failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "shoesvz_auth_refused",
+            "Refused authentications, by service (agent, shoes, operator)",
+            auth_refused.clone(),
+        );
+        registry.register(
+            "shoesvz_heartbeat_misses",
+            "Agent sessions ended because the agent went silent past the heartbeat timeout",
+            heartbeat_misses.clone(),
+        );
+        registry.register(
+            "shoesvz_agents_cordoned",
+            "Agents that take no new runners",
+            agents_cordoned.clone(),
+        );
+        registry.register(
+            "shoesvz_runner_failures",
+            "Runners that failed, by the step that failed",
+            failures.clone(),
+        );
         registry.register(
             "shoesvz_queue_length",
             "AddInstance calls waiting for a free slot",
@@ -182,6 +250,10 @@ impl Default for Metrics {
             queue_timeouts,
             finished,
             unclaimed,
+            auth_refused,
+            heartbeat_misses,
+            agents_cordoned,
+            failures,
         }
     }
 }
@@ -226,6 +298,24 @@ impl Metrics {
         self.unclaimed.inc();
     }
 
+    pub fn count_auth_refused(&self, service: &'static str) {
+        self.auth_refused
+            .get_or_create(&ServiceLabel { service })
+            .inc();
+    }
+
+    pub fn count_heartbeat_miss(&self) {
+        self.heartbeat_misses.inc();
+    }
+
+    pub fn count_failure(&self, reason: FailureReason) {
+        self.failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
     /// Renders the Prometheus text format after setting the gauges from `gauges`.
     pub fn render(&self, gauges: &FleetGauges) -> String {
         self.agents_online.set(gauges.agents_online);
@@ -238,6 +328,7 @@ impl Metrics {
         self.capacity_total_runners
             .set(gauges.capacity_total_runners);
         self.queue_length.set(gauges.queue_length);
+        self.agents_cordoned.set(gauges.agents_cordoned);
         for state in RunnerState::ALL {
             if state == RunnerState::Deleted {
                 continue;
@@ -281,6 +372,7 @@ mod tests {
             capacity_total_runners: 4,
             runners_by_state: vec![(RunnerState::Running, 3)],
             queue_length: 2,
+            agents_cordoned: 1,
         });
         for needle in [
             "shoesvz_agents_online 2",
@@ -293,6 +385,7 @@ mod tests {
             "shoesvz_runner_phase_duration_seconds_count{phase=\"clone\"} 1",
             "shoesvz_requests_total{method=\"AddInstance\",code=\"ResourceExhausted\"} 1",
             "shoesvz_queue_length 2",
+            "shoesvz_agents_cordoned 1",
             "shoesvz_queue_wait_seconds_count 0",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");

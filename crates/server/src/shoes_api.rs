@@ -1,4 +1,5 @@
-//! ShoesService: turns wire messages into fleet calls and back, and counts results.
+//! ShoesService: turns wire messages into fleet calls and back, and counts results. It is
+//! myshoes' API: AddInstance and DeleteInstance only.
 
 use crate::fleet::instances::AddRequest;
 use crate::fleet::{Fleet, FleetError};
@@ -74,52 +75,9 @@ impl ShoesService for ShoesApi {
             .map(|()| pb::DeleteInstanceResponse {});
         self.finish("DeleteInstance", result)
     }
-
-    async fn list_runners(
-        &self,
-        request: Request<pb::ListRunnersRequest>,
-    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
-        let include_deleted = request.into_inner().include_deleted;
-        let result = self
-            .fleet
-            .list_runners(include_deleted)
-            .await
-            .map(|runners| pb::ListRunnersResponse {
-                runners: runners
-                    .iter()
-                    .map(|(r, host)| runner_info(r, host))
-                    .collect(),
-            });
-        self.finish("ListRunners", result)
-    }
-
-    async fn get_runner(
-        &self,
-        request: Request<pb::GetRunnerRequest>,
-    ) -> Result<Response<pb::GetRunnerResponse>, Status> {
-        let cloud_id = request.into_inner().cloud_id;
-        let result = async {
-            let id = shoes_vz_model::CloudId::parse(&cloud_id)
-                .map_err(|e| FleetError::NotFound(e.to_string()))?;
-            let (record, host) =
-                self.fleet
-                    .get_runner(&id.runner_id())
-                    .await?
-                    .ok_or_else(|| {
-                        FleetError::NotFound(format!(
-                            "runner {cloud_id} was never issued by this server"
-                        ))
-                    })?;
-            Ok(pb::GetRunnerResponse {
-                runner: Some(runner_info(&record, &host)),
-            })
-        }
-        .await;
-        self.finish("GetRunner", result)
-    }
 }
 
-fn runner_info(r: &RunnerRecord, agent_hostname: &str) -> pb::RunnerInfo {
+pub(crate) fn runner_info(r: &RunnerRecord, agent_hostname: &str) -> pb::RunnerInfo {
     let t = &r.timings;
     pb::RunnerInfo {
         cloud_id: r.cloud_id().to_string(),

@@ -137,6 +137,10 @@ impl RunnerManager {
     }
 
     pub fn handle_command(self: &Arc<Self>, message: pb::ServerMessage) {
+        // Heartbeats only prove the link is alive; they are not commands.
+        if let Some(pb::server_message::Message::Heartbeat(_)) = message.message {
+            return;
+        }
         if message.sent_at_unix_us > 0 {
             let now = crate::unix_micros();
             let latency = Duration::from_micros(now.saturating_sub(message.sent_at_unix_us));
@@ -149,7 +153,7 @@ impl RunnerManager {
             Some(pb::server_message::Message::DeleteRunner(delete)) => {
                 self.delete(&delete.runner_id)
             }
-            None => {}
+            Some(pb::server_message::Message::Heartbeat(_)) | None => {}
         }
     }
 
@@ -239,6 +243,21 @@ impl RunnerManager {
             if let Some(task) = &slot.task {
                 task.abort();
             }
+        }
+    }
+
+    /// Destroys every runner (the server refused this agent for good).
+    pub fn destroy_all(&self) {
+        for slot in self.slots().values() {
+            slot.cancel.cancel();
+        }
+    }
+
+    /// Records whether the server link is up, for `runner-state.json`'s readers.
+    pub fn server_link(&self, connected: bool) {
+        if self.state_file.set_server_link(connected) {
+            let slots = self.slots();
+            self.state_file.write(slots.values().map(|s| &s.view));
         }
     }
 

@@ -88,18 +88,52 @@ pub fn gone_status(runner_id: &str) -> pb::RunnerStatus {
 struct StateFileBody<'a> {
     agent_id: &'a str,
     updated_at_ms: i64,
+    server: ServerLink,
     runners: Vec<&'a RunnerView>,
 }
 
-/// `runner-state.json`: the agent's runners for external readers, rewritten atomically.
+/// Whether the agent's link to the server is up, and since when (Unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerLink {
+    pub connected: bool,
+    pub since_ms: i64,
+}
+
+/// `runner-state.json`: the agent's runners and its server link for external readers,
+/// rewritten atomically.
 pub struct StateFile {
     path: PathBuf,
     agent_id: String,
+    link: std::sync::Mutex<ServerLink>,
 }
 
 impl StateFile {
     pub fn new(path: PathBuf, agent_id: String) -> Self {
-        Self { path, agent_id }
+        Self {
+            path,
+            agent_id,
+            link: std::sync::Mutex::new(ServerLink {
+                connected: false,
+                since_ms: crate::now_ms(),
+            }),
+        }
+    }
+
+    /// Returns whether the link's state changed.
+    pub fn set_server_link(&self, connected: bool) -> bool {
+        let mut link = self
+            .link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if link.connected == connected {
+            return false;
+        }
+        *link = ServerLink {
+            connected,
+            since_ms: crate::now_ms(),
+        };
+        true
     }
 
     pub fn path(&self) -> &Path {
@@ -109,9 +143,14 @@ impl StateFile {
     pub fn write<'a>(&self, runners: impl Iterator<Item = &'a RunnerView>) {
         let mut runners: Vec<&RunnerView> = runners.collect();
         runners.sort_by_key(|r| r.created_at_ms);
+        let server = *self
+            .link
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let body = StateFileBody {
             agent_id: &self.agent_id,
             updated_at_ms: crate::now_ms(),
+            server,
             runners,
         };
         if let Some(dir) = self.path.parent() {

@@ -2,13 +2,13 @@
 //! only) in the foreground, optionally taking a few runners through their whole life.
 
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::fleet_client::FleetClient;
 use crate::plugin_client::PluginHost;
 use crate::stats::{ms, percentile};
 use crate::workspace_bin::find_or_build;
 use anyhow::Context;
 use shoes_vz_agent::config::BackendKind;
 use shoes_vz_plugin::proto::myshoes;
-use shoes_vz_protocol::client::ShoesClient;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,16 +101,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         backend.as_str(),
         data_dir.display()
     );
-    println!("  gRPC:    {addr}  (ShoesService and AgentService)");
+    println!("  gRPC:    {addr}  (ShoesService, OperatorService and AgentService)");
     if let Some(metrics) = cluster.server.metrics_addr {
         println!("  metrics: http://{metrics}/metrics");
     }
     if generated {
-        println!("  token:   {token}   (generated; pass --token or SHOESVZ_TOKEN to choose one)");
+        println!(
+            "  tokens:  myshoes {token}   (generated; pass --token or SHOESVZ_TOKEN to choose one)"
+        );
     } else {
-        println!("  token:   from --token / SHOESVZ_TOKEN");
+        println!("  tokens:  myshoes from --token / SHOESVZ_TOKEN");
     }
-    println!("  try:     SHOESVZ_SERVER_ADDR={addr} SHOESVZ_TOKEN=<token> shoes-vz runners list");
+    println!(
+        "           operator {}   (myshoes' token may only add and delete runners)",
+        cluster.options.operator_token
+    );
+    println!("  try:     SHOESVZ_SERVER_ADDR={addr} SHOESVZ_OPERATOR_TOKEN=<operator token> shoes-vz runners list");
     if backend == BackendKind::Test {
         println!(
             "  note:    the test backend's VMs are loopback SSH servers; they isolate nothing"
@@ -210,7 +216,7 @@ struct Life {
 
 async fn demo(
     host: &PluginHost,
-    client: ShoesClient,
+    client: FleetClient,
     count: usize,
     paths: &[(&'static str, Vec<String>)],
 ) -> anyhow::Result<()> {
@@ -268,7 +274,7 @@ async fn demo(
 
 async fn one_life(
     host: &PluginHost,
-    mut client: ShoesClient,
+    mut client: FleetClient,
     path: &'static str,
     labels: &[String],
 ) -> anyhow::Result<Life> {
@@ -306,17 +312,10 @@ async fn one_life(
 }
 
 /// The setup script runs after AddInstance answers; wait until the runner reports running.
-async fn wait_running(client: &mut ShoesClient, cloud_id: &str) -> anyhow::Result<pb::RunnerInfo> {
+async fn wait_running(client: &mut FleetClient, cloud_id: &str) -> anyhow::Result<pb::RunnerInfo> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let runner = client
-            .get_runner(pb::GetRunnerRequest {
-                cloud_id: cloud_id.to_string(),
-            })
-            .await?
-            .into_inner()
-            .runner
-            .context("server returned no runner")?;
+        let runner = client.get_runner(cloud_id).await?;
         match runner.state.as_str() {
             "running" => return Ok(runner),
             "error" | "deleted" => anyhow::bail!("runner {cloud_id} failed: {}", runner.error),

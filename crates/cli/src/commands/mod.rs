@@ -19,8 +19,9 @@ pub struct ServerArgs {
         default_value = "127.0.0.1:50051"
     )]
     pub server: String,
-    /// Bearer token; prefer the SHOESVZ_TOKEN environment variable (argv is visible to all users).
-    #[arg(long, env = "SHOESVZ_TOKEN", hide_env_values = true)]
+    /// The server's operator token (auth.operator_token); prefer the environment variable
+    /// (argv is visible to all users).
+    #[arg(long, env = "SHOESVZ_OPERATOR_TOKEN", hide_env_values = true)]
     pub token: String,
     /// PEM CA certificate, for a server with TLS.
     #[arg(long, env = "SHOESVZ_TLS_CA")]
@@ -28,7 +29,8 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    pub async fn connect(&self) -> anyhow::Result<shoes_vz_protocol::client::ShoesClient> {
+    /// The operators' API, with the operator token.
+    pub async fn connect(&self) -> anyhow::Result<shoes_vz_protocol::client::OperatorClient> {
         let tls_ca_pem = match &self.tls_ca {
             Some(path) => Some(std::fs::read(path)?),
             None => None,
@@ -37,6 +39,9 @@ impl ServerArgs {
             tls_ca_pem,
             connect_timeout: Some(Duration::from_secs(5)),
         };
-        Ok(shoes_vz_protocol::client::connect_shoes(&self.server, &self.token, &options).await?)
+        Ok(
+            shoes_vz_protocol::client::connect_operator(&self.server, &self.token, &options)
+                .await?,
+        )
     }
 }

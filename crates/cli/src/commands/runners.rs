@@ -2,6 +2,7 @@
 
 use super::ServerArgs;
 use shoes_vz_model::ResourceType;
+use shoes_vz_protocol::operator::v1 as op;
 use shoes_vz_protocol::shoes::v1 as pb;
 
 #[derive(clap::Subcommand, Debug)]
@@ -38,13 +39,7 @@ pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
             all,
         } => {
             let mut client = server.connect().await?;
-            let runners = client
-                .list_runners(pb::ListRunnersRequest {
-                    include_deleted: all,
-                })
-                .await?
-                .into_inner()
-                .runners;
+            let runners = crate::fleet_client::list_all(&mut client, all).await?;
             match output {
                 Output::Json => println!(
                     "{}",
@@ -56,9 +51,8 @@ pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
         RunnersCommand::Delete { server, cloud_id } => {
             let mut client = server.connect().await?;
             client
-                .delete_instance(pb::DeleteInstanceRequest {
+                .delete_runner(op::DeleteRunnerRequest {
                     cloud_id: cloud_id.clone(),
-                    labels: Vec::new(),
                 })
                 .await?;
             println!("deleted {cloud_id}");

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
-use shoes_vz_protocol::client::ShoesClient;
+use shoes_vz_cli::fleet_client::FleetClient;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::path::Path;
 use std::time::Duration;
@@ -37,20 +37,12 @@ pub fn add_request(name: &str, script: &str) -> pb::AddInstanceRequest {
     }
 }
 
-pub async fn get(client: &mut ShoesClient, cloud_id: &str) -> pb::RunnerInfo {
-    client
-        .get_runner(pb::GetRunnerRequest {
-            cloud_id: cloud_id.to_string(),
-        })
-        .await
-        .expect("get runner")
-        .into_inner()
-        .runner
-        .expect("runner present")
+pub async fn get(client: &mut FleetClient, cloud_id: &str) -> pb::RunnerInfo {
+    client.get_runner(cloud_id).await.expect("get runner")
 }
 
 /// Polls (test-side only) until the runner reaches `state`.
-pub async fn wait_state(client: &mut ShoesClient, cloud_id: &str, state: &str) -> pb::RunnerInfo {
+pub async fn wait_state(client: &mut FleetClient, cloud_id: &str, state: &str) -> pb::RunnerInfo {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let runner = get(client, cloud_id).await;

@@ -26,6 +26,12 @@ pub enum FleetError {
     RunnerFailed(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller did not prove who it is.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this (e.g. a revoked agent).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -43,6 +49,8 @@ impl FleetError {
             FleetError::RunnerFailed(_) => Code::Unavailable,
             FleetError::Internal(_) => Code::Internal,
             FleetError::FailedPrecondition(_) => Code::FailedPrecondition,
+            FleetError::Unauthenticated(_) => Code::Unauthenticated,
+            FleetError::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 }

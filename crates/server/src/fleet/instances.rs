@@ -499,6 +499,7 @@ fn agent_views(state: &FleetState) -> Vec<AgentView> {
     state
         .agents
         .values()
+        .filter(|agent| !agent.record.revoked)
         .map(|agent| {
             let (runners, vcpus, memory) = used
                 .get(&agent.record.agent_id)
@@ -506,7 +507,7 @@ fn agent_views(state: &FleetState) -> Vec<AgentView> {
                 .unwrap_or_default();
             AgentView {
                 agent_id: agent.record.agent_id.clone(),
-                ready: agent.ready(),
+                ready: agent.placeable(),
                 max_runners: agent.record.max_runners,
                 cpu_cores: agent.record.cpu_cores,
                 memory_mib: agent.record.memory_mib,

@@ -4,6 +4,7 @@
 //! - `mod.rs`: the state, its lock, loading from the store, applying runner reports, views
 //!   for the API and metrics.
 //! - [`sessions`]: agent registration, Sync sessions, snapshots and reconciliation, liveness.
+//! - [`trust`]: who an agent is (enrollment, its own credential), revocation, cordon.
 //! - [`instances`]: AddInstance / DeleteInstance: admit (attach, place or queue), launch,
 //!   wait, delete.
 //! - [`queue`]: AddInstance calls waiting for a free slot, first come first served.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod instances;
 pub mod queue;
 pub mod sessions;
+pub mod trust;
 
 use crate::config::ServerConfig;
 use crate::metrics::{FleetGauges, Metrics, Phase};
@@ -75,6 +77,7 @@ struct Session {
     /// Set once the session's first snapshot was reconciled; only then is the agent scheduled.
     synced: bool,
     cancel: CancellationToken,
+    heartbeat_sent: Instant,
 }
 
 /// What an AddInstance call waiting on a runner needs to see, published on every change (so
@@ -144,6 +147,11 @@ impl RunnerEntry {
 impl AgentEntry {
     fn ready(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.synced)
+    }
+
+    /// New runners may go here.
+    fn placeable(&self) -> bool {
+        self.ready() && !self.record.cordoned && !self.record.revoked
     }
 
     /// Sends a command if the agent has a session; the session's id, or `None` when it
@@ -224,42 +232,83 @@ impl Fleet {
         &self.metrics
     }
 
-    /// Runners for operators: live ones from memory, the others from the store.
+    /// One page of runners for operators, oldest first: from memory for live ones, from the
+    /// store (newest state from memory) with `include_deleted`. Returns the page and the key
+    /// after its last runner when more may follow.
     pub async fn list_runners(
         &self,
         include_deleted: bool,
-    ) -> Result<Vec<(RunnerRecord, String)>, FleetError> {
-        let live: HashMap<RunnerId, RunnerRecord> = {
+        after: Option<(i64, RunnerId)>,
+        limit: u32,
+    ) -> Result<(Vec<(RunnerRecord, String)>, Option<(i64, RunnerId)>), FleetError> {
+        let limit = limit.clamp(1, 1000);
+        let in_order = |r: &RunnerRecord| {
+            after
+                .as_ref()
+                .is_none_or(|(at, id)| (r.created_at_ms, &r.runner_id) > (*at, id))
+        };
+        let mut records: Vec<RunnerRecord> = if include_deleted {
+            // Ended runners are read back from the store: let queued writes land first.
+            self.writer.flush().await;
+            let stored = self
+                .store
+                .list_runners_page(after.as_ref().map(|(at, id)| (*at, id)), limit)
+                .await
+                .map_err(|e| {
+                    FleetError::Unavailable(format!("cannot read the state store: {e}"))
+                })?;
+            let state = self.lock();
+            stored
+                .into_iter()
+                .map(|r| {
+                    state
+                        .runners
+                        .get(&r.runner_id)
+                        .map_or(r, |live| live.record.clone())
+                })
+                .collect()
+        } else {
             let state = self.lock();
             state
                 .runners
                 .values()
-                .filter(|e| include_deleted || e.record.state.holds_slot())
-                .map(|e| (e.record.runner_id.clone(), e.record.clone()))
+                .filter(|e| e.record.state.holds_slot() && in_order(&e.record))
+                .map(|e| e.record.clone())
                 .collect()
         };
-        let mut records: Vec<RunnerRecord> = if include_deleted {
-            // Deleted runners are read back from the store: let queued writes land first.
-            self.writer.flush().await;
-            self.store
-                .list_runners(true)
-                .await
-                .map_err(|e| FleetError::Unavailable(format!("cannot read the state store: {e}")))?
-                .into_iter()
-                .map(|stored| live.get(&stored.runner_id).cloned().unwrap_or(stored))
-                .collect()
-        } else {
-            live.into_values().collect()
-        };
-        records.sort_by_key(|r| r.created_at_ms);
-        let hostnames = self.hostnames();
-        Ok(records
-            .into_iter()
-            .map(|r| {
-                let host = hostnames.get(&r.agent_id).cloned().unwrap_or_default();
-                (r, host)
+        records
+            .sort_by(|a, b| (a.created_at_ms, &a.runner_id).cmp(&(b.created_at_ms, &b.runner_id)));
+        records.truncate(limit as usize);
+        let next = (records.len() == limit as usize)
+            .then(|| {
+                records
+                    .last()
+                    .map(|r| (r.created_at_ms, r.runner_id.clone()))
             })
-            .collect())
+            .flatten();
+        let hostnames = self.hostnames();
+        Ok((
+            records
+                .into_iter()
+                .map(|r| {
+                    let host = hostnames.get(&r.agent_id).cloned().unwrap_or_default();
+                    (r, host)
+                })
+                .collect(),
+            next,
+        ))
+    }
+
+    /// The runner's state history, oldest first (from the store, once queued writes landed).
+    pub async fn runner_history(
+        &self,
+        id: &RunnerId,
+    ) -> Result<Vec<crate::store::StateChange>, FleetError> {
+        self.writer.flush().await;
+        self.store
+            .history(id)
+            .await
+            .map_err(|e| FleetError::Unavailable(format!("cannot read the state store: {e}")))
     }
 
     pub async fn get_runner(
@@ -296,6 +345,9 @@ impl Fleet {
         let state = self.lock();
         let mut gauges = FleetGauges::default();
         for agent in state.agents.values() {
+            if agent.record.cordoned && !agent.record.revoked {
+                gauges.agents_cordoned += 1;
+            }
             if agent.ready() {
                 gauges.agents_online += 1;
                 gauges.capacity_total_runners += i64::from(agent.record.max_runners);

@@ -19,9 +19,14 @@ pub struct SessionHandle {
 }
 
 impl Fleet {
+    /// Registers (or re-registers) an agent that proved who it is (see [`super::trust`]):
+    /// enrollment with the shared token, or the agent's own credential. Returns the agent's new
+    /// credential when this call enrolled it.
     pub fn register_agent(
         &self,
         request: pb::RegisterAgentRequest,
+        presented: &str,
+        peer: &str,
     ) -> Result<pb::RegisterAgentResponse, FleetError> {
         let agent_id =
             AgentId::parse(&request.agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
@@ -29,6 +34,12 @@ impl Fleet {
             return Err(FleetError::Invalid(
                 "hostname must be 1-253 characters".into(),
             ));
+        }
+        if request.templates.len() > 256 {
+            return Err(FleetError::Invalid(format!(
+                "{} templates announced; at most 256 are accepted",
+                request.templates.len()
+            )));
         }
         let capacity = request.capacity.unwrap_or_default();
         let mut templates = Vec::with_capacity(request.templates.len());
@@ -48,10 +59,8 @@ impl Fleet {
         }
         let now = now_ms();
         let mut state = self.lock();
-        let registered_at_ms = state
-            .agents
-            .get(&agent_id)
-            .map_or(now, |a| a.record.registered_at_ms);
+        let admitted = self.admit_agent(&state, &agent_id, presented, peer)?;
+        let existing = state.agents.get(&agent_id).map(|a| a.record.clone());
         let online = state.agents.get(&agent_id).is_some_and(AgentEntry::ready);
         let record = AgentRecord {
             agent_id: agent_id.clone(),
@@ -63,9 +72,16 @@ impl Fleet {
             templates,
             online,
             last_seen_ms: now,
-            registered_at_ms,
+            registered_at_ms: existing.as_ref().map_or(now, |a| a.registered_at_ms),
+            credential_hash: admitted.credential_hash,
+            credential_confirmed: existing
+                .as_ref()
+                .is_some_and(|a| a.credential_confirmed && admitted.issued.is_none()),
+            revoked: false,
+            cordoned: existing.as_ref().is_some_and(|a| a.cordoned),
+            version: request.version,
         };
-        tracing::info!(agent = %agent_id, hostname = %record.hostname, max_runners = record.max_runners, "agent registered");
+        tracing::info!(agent = %agent_id, hostname = %record.hostname, max_runners = record.max_runners, enrolled = admitted.issued.is_some(), %peer, "agent registered");
         self.writer.upsert_agent(record.clone());
         match state.agents.get_mut(&agent_id) {
             Some(entry) => {
@@ -83,23 +99,39 @@ impl Fleet {
                 );
             }
         }
+        let t = &self.config.timeouts;
+        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Ok(pb::RegisterAgentResponse {
-            snapshot_interval_ms: u64::try_from(self.config.timeouts.snapshot_interval.as_millis())
-                .unwrap_or(u64::MAX),
+            snapshot_interval_ms: millis(t.snapshot_interval),
+            credential: admitted.issued.unwrap_or_default(),
+            heartbeat_interval_ms: millis(t.heartbeat_interval),
+            heartbeat_timeout_ms: millis(t.agent_offline_after),
         })
     }
 
-    /// Opens a session for a registered agent, replacing (and so ending) any older one.
-    pub fn open_session(&self, agent_id: &str) -> Result<SessionHandle, FleetError> {
+    /// Opens a session for a registered agent presenting its own credential, replacing (and
+    /// so ending) any older one. Anything else is refused and leaves the live session alone.
+    pub fn open_session(
+        &self,
+        agent_id: &str,
+        presented: &str,
+        peer: &str,
+    ) -> Result<SessionHandle, FleetError> {
         let agent_id = AgentId::parse(agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
         let mut state = self.lock();
+        self.verify_agent(&state, &agent_id, presented, peer)?;
         state.next_session += 1;
         let session_id = state.next_session;
-        let entry = state.agents.get_mut(&agent_id).ok_or_else(|| {
-            FleetError::FailedPrecondition(format!(
+        let Some(entry) = state.agents.get_mut(&agent_id) else {
+            return Err(FleetError::FailedPrecondition(format!(
                 "agent {agent_id} is not registered: call RegisterAgent first"
-            ))
-        })?;
+            )));
+        };
+        if !entry.record.credential_confirmed {
+            // Its first Sync with its credential: the enrollment token is spent for it.
+            entry.record.credential_confirmed = true;
+            self.writer.upsert_agent(entry.record.clone());
+        }
         let (commands, receiver) = mpsc::unbounded_channel();
         let cancel = self.shutdown.child_token();
         if let Some(old) = entry.session.replace(Session {
@@ -107,9 +139,10 @@ impl Fleet {
             commands,
             synced: false,
             cancel: cancel.clone(),
+            heartbeat_sent: Instant::now(),
         }) {
             old.cancel.cancel();
-            tracing::info!(agent = %agent_id, "agent reconnected; older session replaced");
+            tracing::info!(agent = %agent_id, %peer, "agent reconnected; older session replaced");
         }
         entry.last_seen = Instant::now();
         Ok(SessionHandle {
@@ -150,7 +183,9 @@ impl Fleet {
                     self.delete_stray(&state, agent_id, &status);
                 }
             }
-            Some(pb::agent_message::Message::Hello(_)) | None => {}
+            Some(pb::agent_message::Message::Hello(_))
+            | Some(pb::agent_message::Message::Heartbeat(_))
+            | None => {}
         }
     }
 
@@ -170,14 +205,34 @@ impl Fleet {
         }
     }
 
-    /// The server's once-a-second housekeeping: silent agents go offline, unclaimed runners
-    /// go, and queued calls get any room that appeared without an event.
+    /// The server's housekeeping, a few times a second: heartbeats out, silent agents offline,
+    /// unclaimed runners gone, and queued calls get any room that appeared without an event.
     pub fn tick(&self) {
+        self.send_heartbeats();
         self.expire_silent_agents();
         self.expire_unclaimed();
         let mut state = self.lock();
         if !state.queue.is_empty() {
             self.pump(&mut state);
+        }
+    }
+
+    /// A heartbeat on every session due one, so agents can tell a live link from a dead one.
+    fn send_heartbeats(&self) {
+        let every = self.config.timeouts.heartbeat_interval;
+        let mut state = self.lock();
+        for agent in state.agents.values_mut() {
+            if let Some(session) = agent.session.as_mut() {
+                if session.heartbeat_sent.elapsed() >= every {
+                    session.heartbeat_sent = Instant::now();
+                    let _ = session.commands.send(pb::ServerMessage {
+                        message: Some(pb::server_message::Message::Heartbeat(pb::Heartbeat {
+                            sent_at_unix_us: super::unix_micros(),
+                        })),
+                        sent_at_unix_us: super::unix_micros(),
+                    });
+                }
+            }
         }
     }
 
@@ -192,6 +247,7 @@ impl Fleet {
             .filter_map(|(id, a)| a.session.as_ref().map(|s| (id.clone(), s.id)))
             .collect();
         for (agent_id, session_id) in silent {
+            self.metrics.count_heartbeat_miss();
             self.close_session(
                 &agent_id,
                 session_id,

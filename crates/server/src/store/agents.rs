@@ -19,6 +19,11 @@ impl Store {
             .bind(i64::from(agent.online))
             .bind(agent.last_seen_ms)
             .bind(agent.registered_at_ms)
+            .bind(agent.credential_hash.as_str())
+            .bind(i64::from(agent.credential_confirmed))
+            .bind(i64::from(agent.revoked))
+            .bind(i64::from(agent.cordoned))
+            .bind(agent.version.as_str())
             .execute(&self.pool)
             .await
             .map_err(StoreError::query("save an agent"))?;

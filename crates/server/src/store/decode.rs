@@ -116,6 +116,11 @@ pub(crate) fn agent(row: &AnyRow) -> Result<AgentRecord, StoreError> {
         online: r.bool("online")?,
         last_seen_ms: r.get("last_seen_ms")?,
         registered_at_ms: r.get("registered_at_ms")?,
+        credential_hash: r.get("credential_hash")?,
+        credential_confirmed: r.bool("credential_confirmed")?,
+        revoked: r.bool("revoked")?,
+        cordoned: r.bool("cordoned")?,
+        version: r.get("version")?,
     })
 }
 

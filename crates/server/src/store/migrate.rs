@@ -12,6 +12,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/0002_claims_and_job_times.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/0003_agent_trust_and_cordon.sql"),
+    ),
 ];
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version \

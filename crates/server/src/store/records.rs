@@ -16,6 +16,16 @@ pub struct AgentRecord {
     pub online: bool,
     pub last_seen_ms: i64,
     pub registered_at_ms: i64,
+    /// SHA-256 (hex) of the agent's own credential; empty until it enrolled.
+    pub credential_hash: String,
+    /// The agent opened a Sync with its credential: the enrollment token no longer works for it.
+    pub credential_confirmed: bool,
+    /// An operator ended the agent's access for good.
+    pub revoked: bool,
+    /// No new runners are placed on it; its live runners finish.
+    pub cordoned: bool,
+    /// The agent's own version, as it registered.
+    pub version: String,
 }
 
 /// A VM template an agent offers; stored as JSON inside the agent's row.

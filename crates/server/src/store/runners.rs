@@ -157,6 +157,24 @@ impl Store {
         rows.iter().map(decode::runner).collect()
     }
 
+    /// Up to `limit` runners after `after` (created_at_ms, runner_id), in that order: a page
+    /// of the whole history that costs the same wherever it starts.
+    pub async fn list_runners_page(
+        &self,
+        after: Option<(i64, &RunnerId)>,
+        limit: u32,
+    ) -> Result<Vec<RunnerRecord>, StoreError> {
+        let (at, id) = after.map_or((i64::MIN, ""), |(at, id)| (at, id.as_str()));
+        let rows = sqlx::query(sql::LIST_RUNNERS_PAGE)
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::query("list runners"))?;
+        rows.iter().map(decode::runner).collect()
+    }
+
     /// Live runners and those ended on their own that myshoes has not deleted yet, oldest
     /// first: what a starting server keeps in memory.
     pub async fn list_unreleased_runners(&self) -> Result<Vec<RunnerRecord>, StoreError> {

@@ -1,20 +1,25 @@
 //! Every statement the store runs. `$n` placeholders work on SQLite and PostgreSQL alike.
 
 pub const UPSERT_AGENT: &str = "INSERT INTO agents (agent_id, hostname, backend, max_runners, \
-     cpu_cores, memory_mib, templates_json, online, last_seen_ms, registered_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     cpu_cores, memory_mib, templates_json, online, last_seen_ms, registered_at_ms, \
+     credential_hash, credential_confirmed, revoked, cordoned, version) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
      ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname, \
      backend = excluded.backend, max_runners = excluded.max_runners, \
      cpu_cores = excluded.cpu_cores, memory_mib = excluded.memory_mib, \
      templates_json = excluded.templates_json, online = excluded.online, \
-     last_seen_ms = excluded.last_seen_ms, registered_at_ms = excluded.registered_at_ms";
+     last_seen_ms = excluded.last_seen_ms, registered_at_ms = excluded.registered_at_ms, \
+     credential_hash = excluded.credential_hash, \
+     credential_confirmed = excluded.credential_confirmed, revoked = excluded.revoked, \
+     cordoned = excluded.cordoned, version = excluded.version";
 
 pub const SET_AGENT_ONLINE: &str =
     "UPDATE agents SET online = $2, last_seen_ms = $3 WHERE agent_id = $1";
 
 pub const LIST_AGENTS: &str = "SELECT agent_id, hostname, backend, max_runners, cpu_cores, \
-     memory_mib, templates_json, online, last_seen_ms, registered_at_ms \
-     FROM agents ORDER BY registered_at_ms, agent_id";
+     memory_mib, templates_json, online, last_seen_ms, registered_at_ms, credential_hash, \
+     credential_confirmed, revoked, cordoned, version FROM agents \
+     ORDER BY registered_at_ms, agent_id";
 
 /// Columns of a runner row: the identity (runner_id, cloud_id, created_at_ms), then the
 /// mutable ones in the order `UPDATE_RUNNER` binds them as $2..$24.
@@ -61,6 +66,14 @@ pub const LIST_LIVE_RUNNERS: &str = concat!(
     "SELECT ",
     runner_columns!(),
     " FROM runners WHERE state <> $1 ORDER BY created_at_ms, runner_id"
+);
+
+/// One page of every runner, in (created_at_ms, runner_id) order after the key ($1, $2).
+pub const LIST_RUNNERS_PAGE: &str = concat!(
+    "SELECT ",
+    runner_columns!(),
+    " FROM runners WHERE created_at_ms > $1 OR (created_at_ms = $1 AND runner_id > $2) \
+     ORDER BY created_at_ms, runner_id LIMIT $3"
 );
 
 /// What a starting server keeps in memory: live runners, and runners that ended on their

@@ -40,6 +40,11 @@ fn agent(hostname: &str) -> AgentRecord {
         online: true,
         last_seen_ms: 1_700_000_000_000,
         registered_at_ms: 1_700_000_000_000,
+        credential_hash: "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8".into(),
+        credential_confirmed: true,
+        revoked: false,
+        cordoned: true,
+        version: "0.1.0".into(),
     }
 }
 

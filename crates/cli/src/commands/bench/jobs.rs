@@ -240,13 +240,7 @@ async fn delete_finished_runners(
             "the jobs did not end within an hour"
         );
         tokio::time::sleep(interval).await;
-        let runners = client
-            .list_runners(pb::ListRunnersRequest {
-                include_deleted: true,
-            })
-            .await?
-            .into_inner()
-            .runners;
+        let runners = client.list_runners(true).await?;
         for runner in runners {
             let finished = runner.guest_runner_state == "finished" || runner.state == "deleted";
             if finished && !deleted.contains(&runner.cloud_id) {
@@ -274,7 +268,7 @@ async fn watch_slots_freed(
             Instant::now() < deadline,
             "the jobs did not end within an hour"
         );
-        let runners = cluster.server.fleet.list_runners(true).await?;
+        let (runners, _) = cluster.server.fleet.list_runners(true, None, 1000).await?;
         let now = shoes_vz_model::clock::now_ms();
         for (runner, _) in runners {
             if runner.state == shoes_vz_model::RunnerState::Deleted {
@@ -287,15 +281,8 @@ async fn watch_slots_freed(
 }
 
 async fn get(
-    client: &mut shoes_vz_protocol::client::ShoesClient,
+    client: &mut crate::fleet_client::FleetClient,
     cloud_id: &str,
 ) -> anyhow::Result<pb::RunnerInfo> {
-    client
-        .get_runner(pb::GetRunnerRequest {
-            cloud_id: cloud_id.to_string(),
-        })
-        .await?
-        .into_inner()
-        .runner
-        .context("the server has no such runner")
+    Ok(client.get_runner(cloud_id).await?)
 }

@@ -2,6 +2,7 @@
 //! same guest booted by a bare `qemu` command line with an `ssh` loop, all in one run.
 
 use crate::cluster::{ClusterOptions, LocalCluster, QEMU_GUEST_MEMORY_MIB, QEMU_GUEST_VCPUS};
+use crate::fleet_client::FleetClient;
 use crate::stats::{ms, percentile};
 use anyhow::Context;
 use shoes_vz_agent::config::{BackendKind, QemuConfig};
@@ -9,7 +10,6 @@ use shoes_vz_agent::hypervisor::qemu::accel;
 use shoes_vz_agent::{ssh, template};
 use shoes_vz_guest_config::ApiToken;
 use shoes_vz_guest_image::bench::{bare_boot_to_ssh, BareBoot};
-use shoes_vz_protocol::client::ShoesClient;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -160,7 +160,7 @@ fn bare_boot(base: &template::Template, dir: &Path) -> anyhow::Result<BareBoot> 
     })
 }
 
-async fn one_runner(client: &mut ShoesClient, label: &[&str]) -> anyhow::Result<pb::PhaseTimings> {
+async fn one_runner(client: &mut FleetClient, label: &[&str]) -> anyhow::Result<pb::PhaseTimings> {
     let mut labels = vec!["self-hosted".to_string()];
     labels.extend(label.iter().map(|l| l.to_string()));
     let added = client
@@ -173,13 +173,9 @@ async fn one_runner(client: &mut ShoesClient, label: &[&str]) -> anyhow::Result<
         .await?
         .into_inner();
     let timings = client
-        .get_runner(pb::GetRunnerRequest {
-            cloud_id: added.cloud_id.clone(),
-        })
+        .get_runner(&added.cloud_id)
         .await?
-        .into_inner()
-        .runner
-        .and_then(|r| r.timings)
+        .timings
         .context("no timings")?;
     client
         .delete_instance(pb::DeleteInstanceRequest {

@@ -1,0 +1,283 @@
+//! OperatorService: what the `shoes-vz` CLI asks of the fleet, with the operator token.
+
+use crate::fleet::{Fleet, FleetError};
+use crate::shoes_api::runner_info;
+use crate::store::AgentRecord;
+use futures::Stream;
+use shoes_vz_model::{AgentId, CloudId, RunnerId};
+use shoes_vz_protocol::operator::v1 as pb;
+use shoes_vz_protocol::operator::v1::operator_service_server::OperatorService;
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct OperatorApi {
+    fleet: Arc<Fleet>,
+}
+
+impl OperatorApi {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        Self { fleet }
+    }
+
+    fn finish<T>(
+        &self,
+        method: &'static str,
+        result: Result<T, FleetError>,
+    ) -> Result<Response<T>, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(FleetError::code, |_| tonic::Code::Ok);
+        self.fleet.metrics().count_request(method, code);
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+const DEFAULT_PAGE: u32 = 500;
+
+/// `<created_at_ms>.<runner id>`: where the next page starts.
+fn page_token(key: &(i64, RunnerId)) -> String {
+    format!("{}.{}", key.0, key.1)
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(i64, RunnerId)>, FleetError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || FleetError::Invalid("page_token is not one this server handed out".into());
+    let (at, id) = token.split_once('.').ok_or_else(invalid)?;
+    let at = at.parse::<i64>().map_err(|_| invalid())?;
+    let id = RunnerId::parse(id).map_err(|_| invalid())?;
+    Ok(Some((at, id)))
+}
+
+fn parse_agent(id: &str) -> Result<AgentId, FleetError> {
+    AgentId::parse(id).map_err(|e| FleetError::Invalid(e.to_string()))
+}
+
+fn parse_cloud(id: &str) -> Result<RunnerId, FleetError> {
+    CloudId::parse(id)
+        .map(|c| c.runner_id())
+        .map_err(|e| FleetError::NotFound(e.to_string()))
+}
+
+/// An agent as operators see it, with what it has free.
+pub(crate) fn agent_info(fleet: &Fleet, record: &AgentRecord, online: bool) -> pb::AgentInfo {
+    let usage = fleet.agent_usage(&record.agent_id);
+    let status = if record.revoked {
+        "revoked"
+    } else if online {
+        "online"
+    } else {
+        "offline"
+    };
+    pb::AgentInfo {
+        agent_id: record.agent_id.to_string(),
+        hostname: record.hostname.clone(),
+        status: status.to_string(),
+        cordoned: record.cordoned,
+        last_seen_ms: record.last_seen_ms,
+        slots_used: usage.runners,
+        slots_total: record.max_runners,
+        cpu_cores_free: record.cpu_cores.saturating_sub(usage.vcpus),
+        cpu_cores_total: record.cpu_cores,
+        memory_mib_free: record.memory_mib.saturating_sub(usage.memory_mib),
+        memory_mib_total: record.memory_mib,
+        templates: record
+            .templates
+            .iter()
+            .map(|t| pb::TemplateSummary {
+                name: t.name.clone(),
+                version: t.version.clone(),
+                labels: t.labels.clone(),
+                os: t.os.clone(),
+                arch: t.arch.clone(),
+                warm: t.labels.iter().any(|l| l == "warm"),
+            })
+            .collect(),
+        version: record.version.clone(),
+        backend: record.backend.clone(),
+        registered_at_ms: record.registered_at_ms,
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn list_runners(
+        &self,
+        request: Request<pb::ListRunnersRequest>,
+    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
+        let request = request.into_inner();
+        let result = async {
+            let after = parse_page_token(&request.page_token)?;
+            let size = if request.page_size == 0 {
+                DEFAULT_PAGE
+            } else {
+                request.page_size
+            };
+            let (runners, next) = self
+                .fleet
+                .list_runners(request.include_deleted, after, size)
+                .await?;
+            Ok(pb::ListRunnersResponse {
+                runners: runners
+                    .iter()
+                    .map(|(r, host)| runner_info(r, host))
+                    .collect(),
+                next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
+            })
+        }
+        .await;
+        self.finish("ListRunners", result)
+    }
+
+    async fn get_runner(
+        &self,
+        request: Request<pb::GetRunnerRequest>,
+    ) -> Result<Response<pb::GetRunnerResponse>, Status> {
+        let cloud_id = request.into_inner().cloud_id;
+        let result = async {
+            let id = parse_cloud(&cloud_id)?;
+            let (record, host) = self.fleet.get_runner(&id).await?.ok_or_else(|| {
+                FleetError::NotFound(format!("runner {cloud_id} was never issued by this server"))
+            })?;
+            let history = self.fleet.runner_history(&id).await?;
+            Ok(pb::GetRunnerResponse {
+                runner: Some(runner_info(&record, &host)),
+                history: history
+                    .into_iter()
+                    .map(|change| pb::StateChange {
+                        state: change.state.to_string(),
+                        at_ms: change.at_ms,
+                        detail: change.detail,
+                    })
+                    .collect(),
+            })
+        }
+        .await;
+        self.finish("GetRunner", result)
+    }
+
+    async fn delete_runner(
+        &self,
+        request: Request<pb::DeleteRunnerRequest>,
+    ) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
+        let cloud_id = request.into_inner().cloud_id;
+        tracing::info!(cloud_id = %cloud_id, "an operator deletes a runner");
+        let result = self
+            .fleet
+            .delete_instance(&cloud_id)
+            .await
+            .map(|()| pb::DeleteRunnerResponse {});
+        self.finish("DeleteRunner", result)
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let mut agents = self.fleet.agents();
+        agents.sort_by(|a, b| {
+            a.0.hostname
+                .cmp(&b.0.hostname)
+                .then(a.0.agent_id.cmp(&b.0.agent_id))
+        });
+        let result = Ok(pb::ListAgentsResponse {
+            agents: agents
+                .iter()
+                .map(|(record, online)| agent_info(&self.fleet, record, *online))
+                .collect(),
+        });
+        self.finish("ListAgents", result)
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let agent_id = request.into_inner().agent_id;
+        let result = async {
+            let id = parse_agent(&agent_id)?;
+            let (record, online) = self
+                .fleet
+                .agents()
+                .into_iter()
+                .find(|(r, _)| r.agent_id == id)
+                .ok_or_else(|| {
+                    FleetError::NotFound(format!("agent {id} is not known to this server"))
+                })?;
+            let (runners, _) = self.fleet.list_runners(false, None, 1000).await?;
+            Ok(pb::GetAgentResponse {
+                agent: Some(agent_info(&self.fleet, &record, online)),
+                runners: runners
+                    .iter()
+                    .filter(|(r, _)| r.agent_id == id)
+                    .map(|(r, host)| runner_info(r, host))
+                    .collect(),
+            })
+        }
+        .await;
+        self.finish("GetAgent", result)
+    }
+
+    async fn set_agent_cordon(
+        &self,
+        request: Request<pb::SetAgentCordonRequest>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
+        let request = request.into_inner();
+        let result = parse_agent(&request.agent_id).and_then(|id| {
+            let record = self.fleet.set_cordon(&id, request.cordoned)?;
+            let online = self.fleet.agent_online(&id);
+            Ok(agent_info(&self.fleet, &record, online))
+        });
+        self.finish("SetAgentCordon", result)
+    }
+
+    async fn revoke_agent(
+        &self,
+        request: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
+        let request = request.into_inner();
+        let result = parse_agent(&request.agent_id).and_then(|id| {
+            let record = self.fleet.revoke_agent(&id)?;
+            Ok(agent_info(&self.fleet, &record, false))
+        });
+        self.finish("RevokeAgent", result)
+    }
+
+    async fn runner_exec(
+        &self,
+        _request: Request<pb::RunnerExecRequest>,
+    ) -> Result<Response<pb::RunnerExecResponse>, Status> {
+        Err(Status::unimplemented("RunnerExec is not served yet"))
+    }
+
+    type RunnerLogsStream = LogStream;
+
+    async fn runner_logs(
+        &self,
+        _request: Request<pb::RunnerLogsRequest>,
+    ) -> Result<Response<Self::RunnerLogsStream>, Status> {
+        Err(Status::unimplemented("RunnerLogs is not served yet"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        let key = (1_795_805_170_213, RunnerId::generate());
+        assert_eq!(
+            parse_page_token(&page_token(&key)).expect("ours"),
+            Some(key)
+        );
+        assert_eq!(parse_page_token("").expect("first page"), None);
+        for bad in ["x", "1.2", "abc.0123456789abcdef0123456789abcdef", "1:0123"] {
+            assert!(parse_page_token(bad).is_err(), "{bad}");
+        }
+    }
+}
