@@ -211,6 +211,15 @@ async fn requests_that_can_never_succeed_are_invalid_argument_and_auth_is_requir
         runner.error
     );
     assert!(!runner.error.contains("SECRETTOKEN"));
+    let metrics = cluster
+        .server
+        .fleet
+        .metrics()
+        .render(&cluster.server.fleet.gauges());
+    assert!(
+        metrics.contains("shoesvz_runner_failures_total{reason=\"setup\"} 1"),
+        "{metrics}"
+    );
     assert_eq!(
         bundles(&cluster.runners_dir(0)),
         0,

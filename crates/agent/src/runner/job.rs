@@ -69,7 +69,10 @@ pub enum Verdict {
     Continue,
     /// The runner did its work: the VM may go (the reason is recorded).
     Finished(String),
-    /// The runner failed before doing any work; it is destroyed (the reason is recorded).
+    /// The setup script failed before the runner was registered; it is destroyed (the reason
+    /// is recorded).
+    SetupFailed(String),
+    /// The job was stopped (a limit); it is destroyed (the reason is recorded).
     Failed(String),
 }
 
@@ -129,7 +132,7 @@ impl JobTracker {
                     ))
                 }
                 (None, _) | (Some(_), Some(1..) | None) => {
-                    return Verdict::Failed(format!(
+                    return Verdict::SetupFailed(format!(
                         "the setup script exited ({how}) before the GitHub runner was registered"
                     ))
                 }
@@ -226,7 +229,7 @@ mod tests {
             Verdict::Continue
         );
         let verdict = job.observe(seen(Some(GuestRunner::Offline), false, exited(1)), t0);
-        let Verdict::Failed(reason) = verdict else {
+        let Verdict::SetupFailed(reason) = verdict else {
             panic!("{verdict:?}")
         };
         assert!(
@@ -244,7 +247,7 @@ mod tests {
             ),
             t0,
         );
-        assert!(matches!(killed, Verdict::Failed(reason) if reason.contains("signal 9")));
+        assert!(matches!(killed, Verdict::SetupFailed(reason) if reason.contains("signal 9")));
     }
 
     #[test]
@@ -279,7 +282,7 @@ mod tests {
         ));
         assert!(matches!(
             blind.observe(seen(None, false, exited(3)), t0),
-            Verdict::Failed(_)
+            Verdict::SetupFailed(_)
         ));
         assert_eq!(
             JobTracker::new(t0, None).observe(seen(None, false, RUNNING), t0),

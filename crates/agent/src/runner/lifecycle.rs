@@ -50,10 +50,36 @@ pub enum LifecycleError {
     SetupTimeout(Duration),
     #[error("{0}")]
     JobFailed(String),
+    #[error("{0}")]
+    SetupFailed(String),
     #[error("an internal task failed: {0}")]
     Internal(String),
     #[error("the host-guest channel failed")]
     Guest(#[from] GuestError),
+}
+
+impl LifecycleError {
+    /// The step that failed, as the server counts failures (`running`: the runner had
+    /// reached running, so a stopped VM is the job's failure).
+    pub fn step(&self, running: bool) -> &'static str {
+        match self {
+            LifecycleError::CloneTimeout(_) | LifecycleError::Bundle(_) => "clone",
+            LifecycleError::Hypervisor(_) | LifecycleError::Guest(GuestError::NoNotify(_)) => {
+                "boot"
+            }
+            LifecycleError::Keys(_) | LifecycleError::SshNotReady(_) => "ssh",
+            LifecycleError::SetupTransport(_)
+            | LifecycleError::SetupTimeout(_)
+            | LifecycleError::SetupFailed(_)
+            | LifecycleError::Guest(GuestError::Setup(_)) => "setup",
+            LifecycleError::JobFailed(_) => "job",
+            LifecycleError::VmExited(_) if running => "job",
+            LifecycleError::VmExited(_) => "boot",
+            LifecycleError::Cancelled | LifecycleError::Internal(_) | LifecycleError::Guest(_) => {
+                "other"
+            }
+        }
+    }
 }
 
 impl RunnerManager {
@@ -92,6 +118,9 @@ impl RunnerManager {
                         self.update(&runner_id, |view| view.end_reason = Some(reason.clone()));
                         self.fail(&runner_id, &LifecycleError::JobFailed(reason));
                     }
+                    Some(Verdict::SetupFailed(reason)) => {
+                        self.fail(&runner_id, &LifecycleError::SetupFailed(reason));
+                    }
                     Some(Verdict::Continue) => graceful = true,
                 }
             }
@@ -105,8 +134,10 @@ impl RunnerManager {
         let message = crate::error_chain(error);
         tracing::warn!(runner = %runner_id, error = %message, "runner failed; destroying it");
         self.update(runner_id, |view| {
+            let running = view.state == RunnerState::Running;
             view.state = RunnerState::Error;
             view.error = Some(message);
+            view.failure_step = Some(error.step(running));
         });
     }
 

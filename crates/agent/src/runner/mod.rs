@@ -205,6 +205,7 @@ impl RunnerManager {
                     end_reason: None,
                     job_started_at_ms: None,
                     job_finished_at_ms: None,
+                    failure_step: None,
                 },
                 cancel: CancellationToken::new(),
                 vm_exit: CancellationToken::new(),

@@ -34,6 +34,8 @@ pub struct RunnerView {
     pub end_reason: Option<String>,
     pub job_started_at_ms: Option<i64>,
     pub job_finished_at_ms: Option<i64>,
+    /// The step that failed, for the server's failure counts.
+    pub failure_step: Option<&'static str>,
 }
 
 impl RunnerView {
@@ -54,6 +56,7 @@ impl RunnerView {
             end_reason: self.end_reason.clone().unwrap_or_default(),
             job_started_at_ms: unix_ms(self.job_started_at_ms),
             job_finished_at_ms: unix_ms(self.job_finished_at_ms),
+            failure_step: self.failure_step.unwrap_or_default().to_string(),
         }
     }
 }

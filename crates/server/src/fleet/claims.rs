@@ -126,6 +126,8 @@ impl Fleet {
                 );
             }
             self.metrics.count_unclaimed();
+            self.metrics
+                .count_failure(crate::metrics::FailureReason::Unclaimed);
             // Fire and forget: the write stays queued in order; no caller waits for it.
             drop(self.request_delete(&mut state, &runner_id));
         }

@@ -26,7 +26,7 @@ pub mod sessions;
 pub mod trust;
 
 use crate::config::ServerConfig;
-use crate::metrics::{FleetGauges, Metrics, Phase};
+use crate::metrics::{FailureReason, FleetGauges, Metrics, Phase};
 use crate::store::{now_ms, AgentRecord, RunnerRecord, Store, StoreError, Timings};
 use crate::writer::StoreWriter;
 use shoes_vz_model::{AgentId, RunnerId, RunnerState};
@@ -440,6 +440,10 @@ impl Fleet {
             record.timings.startup_ms = Some(startup);
             self.metrics.observe_startup(startup);
         }
+        if new_state == RunnerState::Error && old_state != RunnerState::Error {
+            self.metrics
+                .count_failure(failure_reason(&status.failure_step));
+        }
         record.state = new_state;
         if *record == before {
             // Snapshots repeat what the server already has: nothing to write.
@@ -489,6 +493,7 @@ impl Fleet {
         }
         let record = &mut entry.record;
         if record.state != RunnerState::Error {
+            self.metrics.count_failure(FailureReason::Lost);
             record.state = RunnerState::Error;
             if record.error.is_empty() {
                 record.error = reason.to_string();
@@ -546,6 +551,18 @@ fn release_name(state: &mut FleetState, runner_id: &RunnerId) {
             }
         }
         None => state.names.retain(|_, id| id != runner_id),
+    }
+}
+
+/// The agent's name for the step that failed, as a metrics label.
+fn failure_reason(step: &str) -> FailureReason {
+    match step {
+        "clone" => FailureReason::Clone,
+        "boot" => FailureReason::Boot,
+        "ssh" => FailureReason::Ssh,
+        "setup" => FailureReason::Setup,
+        "job" => FailureReason::Job,
+        _ => FailureReason::Other,
     }
 }
 
