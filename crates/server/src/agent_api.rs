@@ -95,7 +95,8 @@ impl AgentService for AgentApi {
                     _ = cancel.cancelled() => break "session replaced or server stopping",
                     message = inbound.next() => match message {
                         Some(Ok(message)) => fleet.on_agent_message(&agent_id, session_id, message),
-                        Some(Err(_)) => break "stream error",
+                        // A transport failure, e.g. unanswered HTTP/2 keepalive pings.
+                        Some(Err(_)) => break crate::fleet::sessions::STREAM_BROKEN,
                         None => break "stream closed by the agent",
                     },
                 }

@@ -53,7 +53,7 @@ impl BearerAuth {
         let refusal = match (&self.token, bearer(&request)) {
             (Some(token), Some(presented)) if same_secret(presented, token) => return Ok(request),
             (None, _) => format!(
-                "the {} API is off on this server: configure its token ({})",
+                "the {} API is off on this server: set {} in its configuration",
                 self.service, self.token_name
             ),
             (Some(_), Some(_)) => format!(

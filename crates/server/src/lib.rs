@@ -81,13 +81,13 @@ impl RunningServer {
         let shoes_auth = auth::BearerAuth::new(
             config.auth.token.as_deref(),
             "shoes",
-            "myshoes' token (SHOESVZ_TOKEN)",
+            "myshoes' token (auth.token, SHOESVZ_TOKEN)",
             Arc::clone(&metrics),
         );
         let operator_auth = auth::BearerAuth::new(
             config.auth.operator_token.as_deref(),
             "operator",
-            "the operator token (SHOESVZ_OPERATOR_TOKEN)",
+            "the operator token (auth.operator_token, SHOESVZ_OPERATOR_TOKEN)",
             Arc::clone(&metrics),
         );
         let shoes = tonic::service::interceptor::InterceptedService::new(

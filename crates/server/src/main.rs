@@ -54,6 +54,9 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(token) = std::env::var("SHOESVZ_TOKEN") {
         config.auth.token = Some(token);
     }
+    if let Ok(token) = std::env::var("SHOESVZ_OPERATOR_TOKEN") {
+        config.auth.operator_token = Some(token);
+    }
     if let Ok(token) = std::env::var("SHOESVZ_AGENT_TOKEN") {
         config.auth.agent_token = Some(token);
     }

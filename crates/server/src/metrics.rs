@@ -157,7 +157,7 @@ impl Default for Metrics {
         );
         registry.register(
             "shoesvz_heartbeat_misses",
-            "Agent sessions ended because the agent went silent past the heartbeat timeout",
+            "Agent links found dead: silent past the heartbeat timeout, or their connection failing (unanswered keepalive pings)",
             heartbeat_misses.clone(),
         );
         registry.register(

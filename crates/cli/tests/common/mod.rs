@@ -1,6 +1,8 @@
 //! Helpers shared by the cluster tests.
 #![allow(dead_code)]
 
+pub mod processes;
+
 use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
 use shoes_vz_cli::fleet_client::FleetClient;
 use shoes_vz_protocol::shoes::v1 as pb;

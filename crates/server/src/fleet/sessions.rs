@@ -10,6 +10,10 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// A session that ended because its link failed (not closed by the agent): counted with the
+/// silent ones as a missed heartbeat.
+pub const STREAM_BROKEN: &str = "the link failed (stream error or unanswered keepalive)";
+
 /// What an agent's Sync stream handler needs to keep its half of a session.
 pub struct SessionHandle {
     pub agent_id: AgentId,
@@ -196,6 +200,9 @@ impl Fleet {
             return;
         };
         if entry.session.as_ref().is_some_and(|s| s.id == session_id) {
+            if reason == STREAM_BROKEN {
+                self.metrics.count_heartbeat_miss();
+            }
             if let Some(session) = entry.session.take() {
                 session.cancel.cancel();
             }
