@@ -67,7 +67,10 @@ impl AgentService for AgentApi {
                 Ok(Some(Ok(pb::AgentMessage {
                     message: Some(pb::agent_message::Message::Hello(hello)),
                 }))) => hello,
-                Ok(Some(Err(status))) => return Err(status),
+                // A message tonic cannot decode (malformed, too large) can never succeed.
+                Ok(Some(Err(status))) => {
+                    return Err(crate::limits::invalid_request(&status).unwrap_or(status))
+                }
                 Ok(_) => {
                     return Err(Status::invalid_argument(
                         "the first Sync message must be a Hello with the agent id",
