@@ -1,7 +1,7 @@
 //! `shoes-vz`: the operator CLI. Each subcommand lives in `commands/`.
 
 use clap::{Parser, Subcommand};
-use shoes_vz_cli::commands::{bench, dev, doctor, runners, template};
+use shoes_vz_cli::commands::{agents, bench, dev, doctor, runners, template};
 use shoes_vz_telemetry::{init_logging, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -21,9 +21,15 @@ struct Cli {
 enum Command {
     /// Run an all-in-one local cluster (server + agent, embedded SQLite, loopback only).
     Dev(dev::DevArgs),
-    /// List or delete runners on a server.
+    /// Look into runners on a server (list, show, ssh, logs) or delete one.
     #[command(subcommand)]
     Runners(runners::RunnersCommand),
+    /// The fleet's agents: list, show, cordon, drain, revoke.
+    #[command(subcommand)]
+    Agents(agents::AgentsCommand),
+    /// The templates every agent serves.
+    #[command(subcommand)]
+    Templates(agents::TemplatesCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -41,6 +47,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
         Command::Runners(command) => runners::run(command).await,
+        Command::Agents(command) => agents::run(command).await,
+        Command::Templates(command) => agents::run_templates(command).await,
         Command::Bench(command) => bench::run(command).await,
         Command::Template(command) => template::run(command).await,
         Command::Doctor(args) => {

@@ -1,5 +1,6 @@
 //! One module per `shoes-vz` subcommand.
 
+pub mod agents;
 pub mod bench;
 pub mod dev;
 pub mod doctor;
@@ -8,6 +9,13 @@ pub mod template;
 pub mod template_vz;
 
 use std::time::Duration;
+
+/// How a command prints what it found.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
 
 /// Where the commands that talk to a running server find it.
 #[derive(clap::Args, Debug, Clone)]

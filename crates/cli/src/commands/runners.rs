@@ -1,6 +1,6 @@
 //! `shoes-vz runners list|delete`: operators' view of the fleet's runners.
 
-use super::ServerArgs;
+use super::{Output, ServerArgs};
 use shoes_vz_model::ResourceType;
 use shoes_vz_protocol::operator::v1 as op;
 use shoes_vz_protocol::shoes::v1 as pb;
@@ -23,12 +23,6 @@ pub enum RunnersCommand {
         server: ServerArgs,
         cloud_id: String,
     },
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
@@ -65,7 +59,7 @@ fn resource_name(value: i32) -> &'static str {
     ResourceType::from_i32(value).map_or("?", ResourceType::as_str)
 }
 
-fn to_json(r: &pb::RunnerInfo) -> serde_json::Value {
+pub(crate) fn to_json(r: &pb::RunnerInfo) -> serde_json::Value {
     let t = r.timings.unwrap_or_default();
     serde_json::json!({
         "cloud_id": r.cloud_id,
@@ -90,7 +84,7 @@ fn to_json(r: &pb::RunnerInfo) -> serde_json::Value {
     })
 }
 
-fn print_table(runners: &[pb::RunnerInfo]) {
+pub(crate) fn print_table(runners: &[pb::RunnerInfo]) {
     println!(
         "{:<42} {:<13} {:<16} {:<9} {:<15} {:>9} {:>9}",
         "CLOUD ID", "STATE", "TEMPLATE", "TYPE", "IP", "CLONE ms", "SSH ms"
