@@ -6,7 +6,8 @@
 
 use shoes_vz_guest_config::{ApiToken, GuestConfig};
 use shoes_vz_runner_agent::{
-    ExecRequest, ExecResponse, RefreshRequest, SetupRequest, SetupStarted, StatusResponse,
+    ExecRequest, ExecResponse, RefreshRequest, SetupLogChunk, SetupLogRequest, SetupRequest,
+    SetupStarted, StatusResponse,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -158,6 +159,28 @@ impl GuestApi {
             Duration::from_secs(30),
         )
         .await
+    }
+
+    /// Up to `max` bytes of the setup script's log from `offset` (its end without one), and
+    /// the position where the next read continues.
+    pub async fn setup_log(
+        &self,
+        offset: Option<u64>,
+        max: u64,
+    ) -> Result<(Vec<u8>, u64), GuestApiError> {
+        let request = SetupLogRequest {
+            offset,
+            max_bytes: Some(max),
+        };
+        let chunk: SetupLogChunk = self
+            .call(
+                reqwest::Method::POST,
+                "/setup/log",
+                Some(&request),
+                Duration::from_secs(30),
+            )
+            .await?;
+        Ok((chunk.text.into_bytes(), chunk.next_offset))
     }
 
     /// Hands the guest a new identity (after a warm restore); the current token authorizes it.

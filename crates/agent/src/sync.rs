@@ -12,7 +12,7 @@
 
 use crate::error_chain;
 use crate::identity::{self, Credential};
-use crate::runner::RunnerManager;
+use crate::runner::{Report, RunnerManager};
 use shoes_vz_model::AgentId;
 use shoes_vz_protocol::agent::v1 as pb;
 use shoes_vz_protocol::agent::v1::agent_service_client::AgentServiceClient;
@@ -63,7 +63,7 @@ enum SessionError {
 pub async fn run(
     config: SyncConfig,
     manager: Arc<RunnerManager>,
-    mut events: mpsc::UnboundedReceiver<pb::RunnerStatus>,
+    mut events: mpsc::UnboundedReceiver<Report>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = config.initial_backoff;
@@ -172,7 +172,7 @@ fn from_server(ms: u64, fallback: Duration, ceiling: Duration) -> Duration {
 async fn session(
     config: &SyncConfig,
     manager: &Arc<RunnerManager>,
-    events: &mut mpsc::UnboundedReceiver<pb::RunnerStatus>,
+    events: &mut mpsc::UnboundedReceiver<Report>,
     shutdown: &CancellationToken,
     synced: &mut bool,
     credential: &mut Option<Credential>,
@@ -242,9 +242,12 @@ async fn session(
                     None => return Err(SessionError::Closed),
                 }
             }
-            Some(status) = events.recv() => {
-                let update = pb::AgentMessage { message: Some(pb::agent_message::Message::RunnerUpdate(status)) };
-                if outbound.send(update).await.is_err() {
+            Some(report) = events.recv() => {
+                let message = match report {
+                    Report::Status(status) => pb::agent_message::Message::RunnerUpdate(status),
+                    Report::Reply(reply) => pb::agent_message::Message::GuestReply(reply),
+                };
+                if outbound.send(pb::AgentMessage { message: Some(message) }).await.is_err() {
                     return Err(SessionError::Closed);
                 }
             }

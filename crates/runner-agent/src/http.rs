@@ -8,7 +8,7 @@
 //! | `POST /exec` | yes | runs a command ([`crate::exec`]) |
 //! | `POST /refresh` | yes | re-reads the config and re-installs the identity |
 //! | `POST /setup` | yes | starts the runner's setup script, detached ([`crate::setup`]) |
-//! | `GET /setup/log` | yes | the end of the setup script's log (`?max_bytes=`, default 64 KiB) |
+//! | `POST /setup/log` | yes | a piece of the setup script's log: its end, or from a position |
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/exec", post(exec_handler))
         .route("/refresh", post(refresh))
         .route("/setup", post(setup_handler))
-        .route("/setup/log", get(setup_log))
+        .route("/setup/log", post(setup_log))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             require_token,
@@ -208,25 +208,46 @@ async fn setup_handler(
     }
 }
 
-#[derive(Deserialize)]
-struct LogQuery {
-    max_bytes: Option<u64>,
+/// The `/setup/log` request: from a position of everything the script wrote, or its end.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupLogRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Default 64 KiB, at most 4 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
-/// Larger tails are for a file copy, not an API answer.
-const MAX_LOG_TAIL: u64 = 4 * 1024 * 1024;
+/// A piece of the setup log (invalid UTF-8 replaced) and where the next read continues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupLogChunk {
+    pub text: String,
+    pub next_offset: u64,
+}
+
+/// Larger pieces are for a file copy, not an API answer.
+const MAX_LOG_CHUNK: u64 = 4 * 1024 * 1024;
 
 async fn setup_log(
     State(shared): State<Arc<Shared>>,
-    axum::extract::Query(query): axum::extract::Query<LogQuery>,
-) -> Result<Response, ApiError> {
-    let max_bytes = query.max_bytes.unwrap_or(64 * 1024).min(MAX_LOG_TAIL);
+    body: Bytes,
+) -> Result<Json<SetupLogChunk>, ApiError> {
+    let request: SetupLogRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SetupLogRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let max_bytes = request.max_bytes.unwrap_or(64 * 1024).min(MAX_LOG_CHUNK);
     let runner_id = shared.config().runner_id.clone();
-    let tail = shared
+    let (data, next_offset) = shared
         .setups
-        .log_tail(&runner_id, max_bytes)
+        .log_from(&runner_id, request.offset, max_bytes)
         .map_err(|err| ApiError::from_error(StatusCode::INTERNAL_SERVER_ERROR, &err))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], tail).into_response())
+    Ok(Json(SetupLogChunk {
+        text: String::from_utf8_lossy(&data).into_owned(),
+        next_offset,
+    }))
 }
 
 async fn exec_handler(

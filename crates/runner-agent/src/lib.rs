@@ -31,6 +31,6 @@ pub use agent::{
     load_config, run_once, AgentOptions, NotifyState, RefreshReport, RunningAgent, StartError,
 };
 pub use exec::{ExecLimits, ExecRequest, ExecResponse};
-pub use http::{RefreshRequest, StatusResponse};
+pub use http::{RefreshRequest, SetupLogChunk, SetupLogRequest, StatusResponse};
 pub use runner_state::{RunnerState, RunnerStatus};
 pub use setup::{SetupOptions, SetupRequest, SetupStarted, SetupState, SetupStatus};

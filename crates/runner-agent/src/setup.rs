@@ -10,7 +10,9 @@
 //!
 //! Files, in `<state dir>/setup/<runner id>/` (mode 0700): `script` (0600, removed once the
 //! script exits), `log` and `log.1` (the log is copied to `log.1` and emptied each time it
-//! passes the limit, so at most twice the limit is kept), `started.json`, `exited.json`.
+//! passes the limit, so at most twice the limit is kept), `rotated` (how many bytes were
+//! rotated away: readers address the log by its position in everything ever written),
+//! `started.json`, `exited.json`.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -38,6 +40,8 @@ const LOG_FILE: &str = "log";
 const OLD_LOG_FILE: &str = "log.1";
 const STARTED_FILE: &str = "started.json";
 const EXITED_FILE: &str = "exited.json";
+/// How many bytes of the log have been rotated away, so positions stay valid across rotations.
+const ROTATED_FILE: &str = "rotated";
 /// Setup scripts are a few KiB (myshoes' is ~4 KiB); anything far larger is a mistake.
 pub const MAX_SCRIPT_BYTES: usize = 1024 * 1024;
 
@@ -356,23 +360,41 @@ impl Setups {
         })
     }
 
-    /// The end of the setup's log (older rotated part first), at most `max_bytes`.
-    pub(crate) fn log_tail(&self, runner_id: &str, max_bytes: u64) -> Result<Vec<u8>, SetupError> {
+    /// Up to `max_bytes` of the log from position `offset` of everything the script ever wrote
+    /// (the oldest still kept when `offset` was rotated away), or its last `max_bytes` without
+    /// an offset; and the position after what is returned.
+    pub(crate) fn log_from(
+        &self,
+        runner_id: &str,
+        offset: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, u64), SetupError> {
         let dir = self.dir(runner_id)?;
-        let mut text = Vec::new();
-        for file in [OLD_LOG_FILE, LOG_FILE] {
+        let read = |file: &str| -> Result<Vec<u8>, SetupError> {
             let path = dir.join(file);
             match std::fs::read(&path) {
-                Ok(bytes) => text.extend_from_slice(&bytes),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(io_error("read", &path)(error)),
+                Ok(bytes) => Ok(bytes),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(error) => Err(io_error("read", &path)(error)),
             }
-        }
-        let keep = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-        if text.len() > keep {
-            text.drain(..text.len() - keep);
-        }
-        Ok(text)
+        };
+        let rotated = rotated_bytes(&dir);
+        let old = read(OLD_LOG_FILE)?;
+        let current = read(LOG_FILE)?;
+        // log.1 holds the positions just before `rotated`; log those from it on.
+        let kept_from = rotated.saturating_sub(old.len() as u64);
+        let mut kept = old;
+        kept.extend_from_slice(&current);
+        let end = rotated + current.len() as u64;
+        let max = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let start = match offset {
+            Some(offset) => offset.clamp(kept_from, end),
+            None => end.saturating_sub(max as u64).max(kept_from),
+        };
+        let skip = usize::try_from(start - kept_from).unwrap_or(usize::MAX);
+        let data: Vec<u8> = kept.into_iter().skip(skip).take(max).collect();
+        let next = start + data.len() as u64;
+        Ok((data, next))
     }
 }
 
@@ -453,15 +475,25 @@ fn cap_log(dir: &Path, max_bytes: u64) {
         return;
     }
     let old = dir.join(OLD_LOG_FILE);
-    let rotated = std::fs::copy(&log, &old).and_then(|_| {
+    let rotated = std::fs::copy(&log, &old).and_then(|copied| {
         OpenOptions::new()
             .write(true)
             .open(&log)
-            .and_then(|file| file.set_len(0))
+            .and_then(|file| file.set_len(0))?;
+        let total = rotated_bytes(dir) + copied;
+        std::fs::write(dir.join(ROTATED_FILE), total.to_string())
     });
     if let Err(error) = rotated {
         warn!(error = %error, "could not rotate the setup log");
     }
+}
+
+/// Bytes of the log rotated away so far (0 before the first rotation).
+fn rotated_bytes(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(ROTATED_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -597,9 +629,21 @@ mod tests {
         let kept = std::fs::metadata(dir.join(LOG_FILE))?.len()
             + std::fs::metadata(dir.join(OLD_LOG_FILE)).map_or(0, |m| m.len());
         assert!(kept < 20 * 1024, "kept {kept} bytes");
-        let tail = setups.log_tail("runner-2", 64)?;
+        let (tail, _) = setups.log_from("runner-2", None, 64)?;
         assert!(String::from_utf8_lossy(&tail).ends_with("last-line\n"));
         assert!(tail.len() <= 64);
+        // Reading by position: everything still kept, then only what comes after.
+        let (all, end) = setups.log_from("runner-2", Some(0), 1 << 20)?;
+        assert!(String::from_utf8_lossy(&all).ends_with("last-line\n"));
+        assert!(
+            end >= 20 * 1024,
+            "positions count what was rotated away: {end}"
+        );
+        let (more, same_end) = setups.log_from("runner-2", Some(end), 1 << 20)?;
+        assert!(more.is_empty());
+        assert_eq!(same_end, end);
+        let (last, _) = setups.log_from("runner-2", Some(end - 10), 4)?;
+        assert_eq!(last.len(), 4);
         Ok(())
     }
 

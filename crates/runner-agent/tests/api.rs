@@ -110,7 +110,7 @@ async fn protected_endpoints_refuse_missing_and_wrong_tokens() -> TestResult {
         ("POST", "/exec"),
         ("POST", "/refresh"),
         ("POST", "/setup"),
-        ("GET", "/setup/log"),
+        ("POST", "/setup/log"),
     ] {
         for header in &headers {
             let mut request = r
@@ -473,15 +473,27 @@ async fn setup_runs_detached_reports_its_exit_and_keeps_its_log() -> TestResult 
     assert_eq!(status["setup"]["state"], "exited", "{status:#}");
     assert_eq!(status["setup"]["exit_code"], 7, "{status:#}");
     assert!(marker.exists());
-    let log = r
+    let log: Value = r
         .client
-        .get(format!("{}/setup/log", r.base))
+        .post(format!("{}/setup/log", r.base))
         .bearer_auth(r.token())
+        .json(&json!({}))
         .send()
         .await?
-        .text()
+        .json()
         .await?;
-    assert_eq!(log, "step-one\n");
+    assert_eq!(log["text"], "step-one\n");
+    assert_eq!(log["next_offset"], 9);
+    let rest: Value = r
+        .client
+        .post(format!("{}/setup/log", r.base))
+        .bearer_auth(r.token())
+        .json(&json!({ "offset": 5 }))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(rest["text"], "one\n");
 
     let bad = post(json!({ "script": "true", "shell": "sh -c" })).await?;
     assert_eq!(bad.status(), 400);

@@ -1,14 +1,17 @@
 //! OperatorService: what the `shoes-vz` CLI asks of the fleet, with the operator token.
 
+use crate::auth::peer;
 use crate::fleet::{Fleet, FleetError};
 use crate::shoes_api::runner_info;
 use crate::store::AgentRecord;
 use futures::Stream;
 use shoes_vz_model::{AgentId, CloudId, RunnerId};
+use shoes_vz_protocol::agent::v1 as agent;
 use shoes_vz_protocol::operator::v1 as pb;
 use shoes_vz_protocol::operator::v1::operator_service_server::OperatorService;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 pub struct OperatorApi {
@@ -249,19 +252,150 @@ impl OperatorService for OperatorApi {
 
     async fn runner_exec(
         &self,
-        _request: Request<pb::RunnerExecRequest>,
+        request: Request<pb::RunnerExecRequest>,
     ) -> Result<Response<pb::RunnerExecResponse>, Status> {
-        Err(Status::unimplemented("RunnerExec is not served yet"))
+        let peer = peer(&request);
+        let request = request.into_inner();
+        let result = async {
+            let id = parse_cloud(&request.cloud_id)?;
+            if request.command.is_empty() {
+                return Err(FleetError::Invalid("give a command to run".into()));
+            }
+            let timeout_secs = request.timeout_secs.clamp(1, 3600);
+            let timeout_secs = if request.timeout_secs == 0 { 60 } else { timeout_secs };
+            tracing::info!(cloud_id = %request.cloud_id, %peer, args = request.command.len(), "operator access: a command in the runner");
+            let reply = self
+                .fleet
+                .guest_call(
+                    &id,
+                    agent::guest_request::Request::Exec(agent::GuestExec {
+                        command: request.command,
+                        stdin: request.stdin,
+                        timeout_secs,
+                    }),
+                    Duration::from_secs(u64::from(timeout_secs) + 20),
+                )
+                .await?;
+            match reply {
+                agent::guest_reply::Reply::Exec(result) => Ok(pb::RunnerExecResponse {
+                    exit_status: result.exit_status,
+                    stdout: result.stdout,
+                    stderr: result.stderr,
+                    truncated: result.truncated,
+                }),
+                _ => Err(FleetError::Internal("the agent answered something else".into())),
+            }
+        }
+        .await;
+        self.finish("RunnerExec", result)
     }
 
     type RunnerLogsStream = LogStream;
 
     async fn runner_logs(
         &self,
-        _request: Request<pb::RunnerLogsRequest>,
+        request: Request<pb::RunnerLogsRequest>,
     ) -> Result<Response<Self::RunnerLogsStream>, Status> {
-        Err(Status::unimplemented("RunnerLogs is not served yet"))
+        let peer = peer(&request);
+        let request = request.into_inner();
+        let id = parse_cloud(&request.cloud_id).map_err(Status::from)?;
+        let sources = match pb::LogSource::try_from(request.source) {
+            Ok(pb::LogSource::Console) => vec![pb::LogSource::Console],
+            Ok(pb::LogSource::Setup) => vec![pb::LogSource::Setup],
+            _ => vec![pb::LogSource::Console, pb::LogSource::Setup],
+        };
+        tracing::info!(cloud_id = %request.cloud_id, %peer, follow = request.follow, "operator access: the runner's logs");
+        let tail = if request.tail_bytes == 0 {
+            64 * 1024
+        } else {
+            request.tail_bytes.min(4 * 1024 * 1024)
+        };
+        let fleet = Arc::clone(&self.fleet);
+        let follow = request.follow;
+        let stream = async_stream(fleet, id, sources, tail, follow);
+        Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The logs as a stream: each source's end first, then (following) what comes after, until
+/// the runner is gone or the caller leaves.
+fn async_stream(
+    fleet: Arc<Fleet>,
+    id: RunnerId,
+    sources: Vec<pb::LogSource>,
+    tail: u64,
+    follow: bool,
+) -> impl Stream<Item = Result<pb::LogChunk, Status>> + Send {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut offsets: Vec<Option<u64>> = vec![None; sources.len()];
+        loop {
+            for (source, offset) in sources.iter().zip(offsets.iter_mut()) {
+                let kind = match source {
+                    pb::LogSource::Console => agent::GuestLogKind::Console,
+                    _ => agent::GuestLogKind::Setup,
+                };
+                let read = agent::GuestLogs {
+                    kind: kind as i32,
+                    offset: *offset,
+                    max_bytes: if offset.is_none() { tail } else { 1024 * 1024 },
+                };
+                let reply = fleet
+                    .guest_call(
+                        &id,
+                        agent::guest_request::Request::Logs(read),
+                        Duration::from_secs(30),
+                    )
+                    .await;
+                let chunk = match reply {
+                    Ok(agent::guest_reply::Reply::Logs(logs)) => {
+                        *offset = Some(logs.next_offset);
+                        logs.data
+                    }
+                    Ok(_) => Vec::new(),
+                    // One source may be missing (no console on this backend); say so once.
+                    Err(error) if offset.is_none() => {
+                        *offset = Some(u64::MAX);
+                        format!("({error})\n").into_bytes()
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+                if !chunk.is_empty()
+                    && tx
+                        .send(Ok(pb::LogChunk {
+                            source: *source as i32,
+                            data: chunk,
+                        }))
+                        .await
+                        .is_err()
+                {
+                    return; // the caller left
+                }
+            }
+            if !follow {
+                return;
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let live = fleet
+                .get_runner(&id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(r, _)| {
+                    r.state.holds_slot() && r.state != shoes_vz_model::RunnerState::TearingDown
+                });
+            if !live {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 #[cfg(test)]

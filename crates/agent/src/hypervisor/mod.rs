@@ -168,6 +168,11 @@ pub trait Hypervisor: Send + Sync {
     /// VM events for every runner on this backend.
     fn subscribe(&self) -> broadcast::Receiver<VmEvent>;
 
+    /// The VM's serial console log in its bundle, when the backend keeps one.
+    fn console_log(&self, _bundle_dir: &Path) -> Option<PathBuf> {
+        None
+    }
+
     /// The host's address as guests see it (for the notify URL), when the backend knows it.
     fn host_address_for_guests(&self) -> Option<std::net::IpAddr> {
         None

@@ -274,6 +274,13 @@ impl RunnerManager {
         let boot_to_ssh_ms = millis(boot_started.elapsed());
         runtime.boot_to_ssh_ms = Some(boot_to_ssh_ms);
         bundle.write_runtime_metadata(&runtime)?;
+        self.set_access(
+            id,
+            super::access::Access {
+                ssh: target.clone(),
+                guest_api: guest_api.clone(),
+            },
+        );
         self.update(id, |view| {
             view.state = RunnerState::SshReady;
             view.timings.boot_to_ssh_ms = Some(boot_to_ssh_ms);

@@ -4,11 +4,15 @@
 //! - `mod.rs`: [`RunnerManager`]: slots, commands, reports, snapshots, shutdown.
 //! - [`lifecycle`]: one task per runner: clone → boot → SSH → setup → follow the job → tear
 //!   down; [`job`]: when a runner's job is done (pure rules); [`guest`]: the host↔guest channel.
+//! - [`access`]: operators' commands and log reads in a live runner; [`secrets`]: what they
+//!   never see.
 //! - [`view`]: the per-runner record and how it is reported.
 
+pub mod access;
 pub mod guest;
 pub mod job;
 pub mod lifecycle;
+pub mod secrets;
 pub mod view;
 
 use crate::config::AgentConfig;
@@ -39,7 +43,7 @@ pub struct RunnerManager {
     guest_channel: GuestChannel,
     templates: BTreeMap<String, Template>,
     slots: Mutex<HashMap<RunnerId, Slot>>,
-    events: mpsc::UnboundedSender<pb::RunnerStatus>,
+    events: mpsc::UnboundedSender<Report>,
     state_file: StateFile,
     tasks: TaskTracker,
     /// Stops the VM-event listener.
@@ -47,8 +51,20 @@ pub struct RunnerManager {
     latencies: Mutex<Vec<Duration>>,
 }
 
+/// What the agent sends the server about its runners.
+#[derive(Debug)]
+pub enum Report {
+    Status(pb::RunnerStatus),
+    /// The answer to an operator's request about a runner.
+    Reply(pb::GuestReply),
+}
+
 struct Slot {
     view: RunnerView,
+    /// Masks the setup script's secrets in what operators see.
+    secrets: Arc<secrets::SecretMask>,
+    /// How operators reach the guest, once SSH is ready.
+    access: Option<access::Access>,
     /// Cancelled when the server asks for deletion or the agent stops.
     cancel: CancellationToken,
     /// Cancelled when the VM stops on its own; the detail says why.
@@ -63,7 +79,7 @@ impl RunnerManager {
         config: Arc<AgentConfig>,
         hypervisor: Arc<dyn Hypervisor>,
         templates: BTreeMap<String, Template>,
-        events: mpsc::UnboundedSender<pb::RunnerStatus>,
+        events: mpsc::UnboundedSender<Report>,
         state_file: StateFile,
         guest_channel: GuestChannel,
     ) -> Arc<Self> {
@@ -149,6 +165,7 @@ impl RunnerManager {
             }
         }
         match message.message {
+            Some(pb::server_message::Message::GuestRequest(request)) => self.answer(request),
             Some(pb::server_message::Message::CreateRunner(create)) => self.create(create),
             Some(pb::server_message::Message::DeleteRunner(delete)) => {
                 self.delete(&delete.runner_id)
@@ -167,8 +184,10 @@ impl RunnerManager {
             let mut status = gone_status(runner_id.as_str());
             status.state = pb::RunnerState::Error as i32;
             status.error = reason;
-            let _ = self.events.send(status);
-            let _ = self.events.send(gone_status(runner_id.as_str()));
+            let _ = self.events.send(Report::Status(status));
+            let _ = self
+                .events
+                .send(Report::Status(gone_status(runner_id.as_str())));
         };
         let name = match RunnerName::parse(&command.runner_name) {
             Ok(name) => name,
@@ -190,6 +209,8 @@ impl RunnerManager {
                 ));
             }
             let slot = Slot {
+                secrets: Arc::new(secrets::SecretMask::from_script(&command.setup_script)),
+                access: None,
                 view: RunnerView {
                     runner_id: runner_id.clone(),
                     runner_name: name.to_string(),
@@ -213,7 +234,7 @@ impl RunnerManager {
                 task: None,
             };
             let tokens = (slot.cancel.clone(), slot.vm_exit.clone());
-            let _ = self.events.send(slot.view.to_status());
+            let _ = self.events.send(Report::Status(slot.view.to_status()));
             slots.insert(runner_id.clone(), slot);
             self.state_file.write(slots.values().map(|s| &s.view));
             tokens
@@ -270,7 +291,7 @@ impl RunnerManager {
             Some(cancel) => cancel.cancel(),
             None => {
                 // Nothing here: tell the server it is gone so it can free the slot.
-                let _ = self.events.send(gone_status(runner_id));
+                let _ = self.events.send(Report::Status(gone_status(runner_id)));
             }
         }
     }
@@ -302,7 +323,7 @@ impl RunnerManager {
         if slot.view.state != before {
             tracing::info!(runner = %runner_id, from = %before, to = %slot.view.state, "runner state changed");
         }
-        let _ = self.events.send(slot.view.to_status());
+        let _ = self.events.send(Report::Status(slot.view.to_status()));
         self.state_file.write(slots.values().map(|s| &s.view));
     }
 
@@ -311,7 +332,7 @@ impl RunnerManager {
         let mut slots = self.slots();
         if let Some(mut slot) = slots.remove(runner_id) {
             slot.view.state = RunnerState::Deleted;
-            let _ = self.events.send(slot.view.to_status());
+            let _ = self.events.send(Report::Status(slot.view.to_status()));
             tracing::info!(runner = %runner_id, "runner deleted");
         }
         self.state_file.write(slots.values().map(|s| &s.view));

@@ -9,6 +9,7 @@
 //!   wait, delete.
 //! - [`queue`]: AddInstance calls waiting for a free slot, first come first served.
 //! - [`claims`]: who waits for which runner, and runners nobody claimed.
+//! - [`guest`]: operators' requests about a live runner (commands, logs), through its agent.
 //! - [`error`]: errors and their gRPC codes.
 //!
 //! One `std::sync::Mutex` guards the state and is never held across an `.await`; store writes
@@ -20,6 +21,7 @@
 
 pub mod claims;
 pub mod error;
+pub mod guest;
 pub mod instances;
 pub mod queue;
 pub mod sessions;
@@ -63,6 +65,9 @@ struct FleetState {
     names: HashMap<String, RunnerId>,
     queue: queue::AddQueue,
     next_session: u64,
+    /// Operators' requests waiting for their agent's answer, by request id.
+    guest_calls: HashMap<u64, tokio::sync::oneshot::Sender<pb::GuestReply>>,
+    next_guest_request: u64,
 }
 
 struct AgentEntry {

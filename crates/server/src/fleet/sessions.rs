@@ -187,6 +187,10 @@ impl Fleet {
                     self.delete_stray(&state, agent_id, &status);
                 }
             }
+            Some(pb::agent_message::Message::GuestReply(reply)) => {
+                drop(state);
+                self.guest_reply(reply);
+            }
             Some(pb::agent_message::Message::Hello(_))
             | Some(pb::agent_message::Message::Heartbeat(_))
             | None => {}

@@ -247,6 +247,10 @@ impl Hypervisor for QemuBackend {
         "qemu"
     }
 
+    fn console_log(&self, bundle_dir: &Path) -> Option<PathBuf> {
+        Some(bundle_dir.join(CONSOLE_LOG))
+    }
+
     async fn start(&self, spec: &VmSpec) -> Result<(), HypervisorError> {
         if self.vms().contains_key(&spec.runner_id) {
             return Err(HypervisorError::AlreadyRunning(spec.runner_id.clone()));
