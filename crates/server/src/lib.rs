@@ -7,11 +7,13 @@
 //! - [`scheduler`]: pure placement rules.
 //! - [`store`]: durable state (SQLite or PostgreSQL through sqlx Any); [`writer`] orders writes.
 //! - [`shoes_api`], [`agent_api`]: thin gRPC handlers; [`auth`]: bearer tokens.
-//! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint.
+//! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint; [`exposition`]: its
+//!   two text formats and how a scrape picks one.
 
 pub mod agent_api;
 pub mod auth;
 pub mod config;
+pub mod exposition;
 pub mod fleet;
 pub mod http;
 pub mod metrics;
