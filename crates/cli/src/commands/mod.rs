@@ -1,6 +1,7 @@
 //! One module per `shoes-vz` subcommand.
 
 pub mod bench;
+pub mod completions;
 pub mod dev;
 pub mod doctor;
 pub mod runners;
