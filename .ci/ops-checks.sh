@@ -9,7 +9,8 @@
 #      their own Content-Type, and `promtool check metrics` reporting exactly the two documented
 #      lines (the seed's gauges shoesvz_agents_total and shoesvz_runners_total) and nothing else;
 #   4. a real Prometheus scraping it with the alert rules loaded: counters typed as counters,
-#      every rule evaluated without error, every dashboard query and variable answered.
+#      every rule evaluated without error, every dashboard query and variable answered;
+#   5. both units run for real under systemd, in a container (.ci/units-live.sh).
 #
 # promtool and prometheus come from Debian's `prometheus` package, unpacked into
 # /opt/shoes-vz/prometheus rather than installed: installing it would start a Prometheus server
@@ -17,8 +18,8 @@
 #
 # The units name /usr/local/bin/shoes-vz-{server,agent}, which CI does not install into: verify
 # needs ExecStart's binary to exist, so it checks a temporary copy of each unit whose binary
-# paths, and nothing else, point at the binaries built here. The hardening is not exercised
-# under a running systemd (CI has none as PID 1).
+# paths, and nothing else, point at the binaries built here. CI has no systemd as PID 1: step 5
+# boots one in a container, where the binaries are bound at /usr/local/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -176,4 +177,10 @@ prometheus_pid=$!
 /usr/bin/python3 .ci/ops-checks-prometheus.py "http://127.0.0.1:$prometheus_port" \
   packaging/grafana/shoes-vz.json "$startup_timeout" ||
   fail "Prometheus checks (its log: $(tail -n 5 "$work/prometheus.log"))"
+kill "$prometheus_pid" "$server_pid"
+wait "$prometheus_pid" "$server_pid" 2>/dev/null || true
+prometheus_pid=""
+server_pid=""
+
+bash .ci/units-live.sh
 echo "ops checks passed"
