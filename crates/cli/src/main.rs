@@ -1,7 +1,7 @@
 //! `shoes-vz`: the operator CLI. Each subcommand lives in `commands/`.
 
-use clap::{Parser, Subcommand};
-use shoes_vz_cli::commands::{agents, bench, dev, doctor, runners, template};
+use clap::{CommandFactory, Parser, Subcommand};
+use shoes_vz_cli::commands::{agents, bench, completions, dev, doctor, runners, template};
 use shoes_vz_telemetry::{init_logging, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,8 @@ enum Command {
     Template(template::TemplateCommand),
     /// Check this machine's prerequisites for the configured backend (exit 1 on any FAIL).
     Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 #[tokio::main]
@@ -55,5 +57,6 @@ async fn main() -> anyhow::Result<()> {
             let status = doctor::run(args).await?;
             std::process::exit(status)
         }
+        Command::Completions(args) => completions::run(&args, Cli::command()),
     }
 }

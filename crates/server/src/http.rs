@@ -1,9 +1,10 @@
 //! The Prometheus `/metrics` endpoint.
 
+use crate::exposition::ExpositionFormat;
 use crate::fleet::Fleet;
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -36,13 +37,13 @@ pub async fn serve_metrics(
     Ok(bound)
 }
 
-async fn render(State(fleet): State<Arc<Fleet>>) -> impl IntoResponse {
-    let body = fleet.metrics().render(&fleet.gauges());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
+/// Answers in the format the scraper's `Accept` header prefers (see [`ExpositionFormat`]),
+/// labelled with that format's own `Content-Type`.
+async fn render(State(fleet): State<Arc<Fleet>>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = ExpositionFormat::negotiate(accept);
+    let body = fleet.metrics().render_as(&fleet.gauges(), format);
+    ([(header::CONTENT_TYPE, format.content_type())], body)
 }

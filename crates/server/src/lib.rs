@@ -9,12 +9,14 @@
 //! - [`shoes_api`], [`operator_api`], [`agent_api`]: thin gRPC handlers; [`auth`]: bearer
 //!   tokens; [`credentials`]: agents' own credentials; [`limits`]: request sizes and the codes
 //!   for requests that can never succeed.
-//! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint.
+//! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint; [`exposition`]: its
+//!   two text formats and how a scrape picks one.
 
 pub mod agent_api;
 pub mod auth;
 pub mod config;
 pub mod credentials;
+pub mod exposition;
 pub mod fleet;
 pub mod http;
 pub mod limits;

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod bench;
+pub mod completions;
 pub mod dev;
 pub mod doctor;
 pub mod runners;
