@@ -19,6 +19,7 @@ use shoes_vz_agent::runner::guest::CONFIG_DISK_FILE;
 use shoes_vz_agent::ssh::{self, SshTarget};
 use shoes_vz_cli::cluster::{ClusterOptions, LocalCluster};
 use shoes_vz_model::RunnerId;
+use shoes_vz_protocol::operator::v1 as op;
 use shoes_vz_standin_runner::myshoes_fixture::{render_setup_script_with, Substitutions};
 use shoes_vz_test_support::{go_client, prerequisite_missing_because, shared_dir};
 use std::net::SocketAddr;
@@ -116,6 +117,47 @@ async fn a_real_myshoes_job_runs_to_its_end_and_its_slot_is_reclaimed() {
         "ef bb bf",
         "the stand-in registered the way the real runner does (.runner with a BOM)"
     );
+
+    // An operator looks in through the server, as `shoes-vz runners ssh|logs` does: a command
+    // over the guest's real sshd, and both logs, the registration token masked everywhere.
+    let exec = client
+        .operator
+        .runner_exec(op::RunnerExecRequest {
+            cloud_id: cloud_id.clone(),
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "test -s /tmp/runner/.runner && echo registered; exit 4".into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("runner exec")
+        .into_inner();
+    assert_eq!(
+        (
+            exec.exit_status,
+            String::from_utf8_lossy(&exec.stdout).trim()
+        ),
+        (Some(4), "registered")
+    );
+    let logs = operator_logs(&mut client, &cloud_id).await;
+    let setup = String::from_utf8_lossy(&logs[&(op::LogSource::Setup as i32)]).into_owned();
+    let console = String::from_utf8_lossy(&logs[&(op::LogSource::Console as i32)]).into_owned();
+    assert!(
+        setup.contains(&format!("Configuring {RUNNER_NAME} @")),
+        "myshoes' script's own output: {setup}"
+    );
+    assert!(
+        console.contains("SHOESVZ_GUEST_IP=") && console.contains("HTTP API listening"),
+        "the guest's serial console (its boot announcement and runner-agent): {console}"
+    );
+    for log in [&setup, &console] {
+        assert!(
+            !log.contains(REGISTRATION_TOKEN),
+            "the token leaked into a log"
+        );
+    }
 
     // "GitHub" hands the runner its one job.
     let job = format!(
@@ -411,4 +453,31 @@ fn qemus_using(bundle: &Path) -> Vec<u32> {
                 .contains(&needle)
         })
         .collect()
+}
+
+/// Both of the runner's logs (their last 64 KiB) as the operator API streams them, by source.
+async fn operator_logs(
+    client: &mut shoes_vz_cli::fleet_client::FleetClient,
+    cloud_id: &str,
+) -> std::collections::HashMap<i32, Vec<u8>> {
+    let mut stream = client
+        .operator
+        .runner_logs(op::RunnerLogsRequest {
+            cloud_id: cloud_id.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("runner logs")
+        .into_inner();
+    let mut logs = std::collections::HashMap::<i32, Vec<u8>>::new();
+    logs.insert(op::LogSource::Setup as i32, Vec::new());
+    logs.insert(op::LogSource::Console as i32, Vec::new());
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("the logs stream ends")
+        .expect("a log chunk")
+    {
+        logs.entry(chunk.source).or_default().extend(chunk.data);
+    }
+    logs
 }

@@ -328,9 +328,19 @@ fn async_stream(
 ) -> impl Stream<Item = Result<pb::LogChunk, Status>> + Send {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
+        // Per source: None until its tail was read, then the next offset; a source the
+        // runner does not have (no console on this backend) is said once, then skipped.
         let mut offsets: Vec<Option<u64>> = vec![None; sources.len()];
+        let mut unavailable = vec![false; sources.len()];
         loop {
-            for (source, offset) in sources.iter().zip(offsets.iter_mut()) {
+            for ((source, offset), unavailable) in sources
+                .iter()
+                .zip(offsets.iter_mut())
+                .zip(unavailable.iter_mut())
+            {
+                if *unavailable {
+                    continue;
+                }
                 let kind = match source {
                     pb::LogSource::Console => agent::GuestLogKind::Console,
                     _ => agent::GuestLogKind::Setup,
@@ -355,7 +365,7 @@ fn async_stream(
                     Ok(_) => Vec::new(),
                     // One source may be missing (no console on this backend); say so once.
                     Err(error) if offset.is_none() => {
-                        *offset = Some(u64::MAX);
+                        *unavailable = true;
                         format!("({error})\n").into_bytes()
                     }
                     Err(error) => {
@@ -375,7 +385,7 @@ fn async_stream(
                     return; // the caller left
                 }
             }
-            if !follow {
+            if !follow || unavailable.iter().all(|u| *u) {
                 return;
             }
             tokio::select! {

@@ -11,6 +11,8 @@ pub struct AgentView {
     pub agent_id: AgentId,
     /// Online with a synced stream: commands can reach it now.
     pub ready: bool,
+    /// An operator took it out of rotation: its live runners finish, no new ones come.
+    pub cordoned: bool,
     pub max_runners: u32,
     pub cpu_cores: u32,
     pub memory_mib: u64,
@@ -54,7 +56,7 @@ pub fn place(
         return Err(PlacementError::NoAgents);
     }
     let wanted = meaningful_labels(config, labels);
-    let mut matching = 0usize;
+    let (mut matching, mut offline, mut cordoned) = (0usize, 0usize, 0usize);
     let mut best: Option<(&AgentView, &TemplateRecord)> = None;
     for agent in agents {
         // The closest match wins: a request for `linux` gets the plain template, not its warm
@@ -68,7 +70,15 @@ pub fn place(
             continue;
         };
         matching += 1;
-        if !agent.ready || !has_room(agent, spec) {
+        if !agent.ready {
+            offline += 1;
+            continue;
+        }
+        if agent.cordoned {
+            cordoned += 1;
+            continue;
+        }
+        if !has_room(agent, spec) {
             continue;
         }
         let better = match best {
@@ -86,7 +96,8 @@ pub fn place(
         }),
         None if matching == 0 => Err(PlacementError::NeverFits(describe(&wanted, spec))),
         None => Err(PlacementError::NoRoomNow(format!(
-            "{matching} matching agent(s), all full or offline"
+            "{matching} matching agent(s): {} full, {offline} offline, {cordoned} cordoned",
+            matching - offline - cordoned
         ))),
     }
 }
@@ -175,6 +186,7 @@ mod tests {
 
     fn agent(used: u32, max: u32, templates: Vec<TemplateRecord>) -> AgentView {
         AgentView {
+            cordoned: false,
             agent_id: AgentId::generate(),
             ready: true,
             max_runners: max,
@@ -217,11 +229,25 @@ mod tests {
         let full = agent(2, 2, vec![template("macos-26", &[])]);
         let mut offline = agent(0, 2, vec![template("macos-26", &[])]);
         offline.ready = false;
-        let result = place(&SchedulerConfig::default(), &[full, offline], &[], SMALL);
-        assert!(
-            matches!(result, Err(PlacementError::NoRoomNow(_))),
-            "{result:?}"
+        let mut cordoned = agent(0, 2, vec![template("macos-26", &[])]);
+        cordoned.cordoned = true;
+        let result = place(
+            &SchedulerConfig::default(),
+            &[full, offline, cordoned.clone()],
+            &[],
+            SMALL,
         );
+        match result {
+            Err(PlacementError::NoRoomNow(why)) => {
+                assert_eq!(why, "3 matching agent(s): 1 full, 1 offline, 1 cordoned")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Uncordoned, the idle agent is the one.
+        cordoned.cordoned = false;
+        let placed =
+            place(&SchedulerConfig::default(), &[cordoned.clone()], &[], SMALL).expect("placed");
+        assert_eq!(placed.agent_id, cordoned.agent_id);
     }
 
     #[test]

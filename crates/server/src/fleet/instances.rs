@@ -71,7 +71,7 @@ impl Fleet {
         let deadline = tokio::time::Instant::now() + self.config.timeouts.add_instance;
         let (waiter, mut signal) = match self.admit(&plan, arrived)? {
             Admission::Runner(waiter, signal) => (waiter, signal),
-            Admission::Queued(queued) => self.wait_in_queue(queued).await?,
+            Admission::Queued(queued) => self.wait_in_queue(&plan, queued).await?,
         };
         let cloud_id = waiter.runner_id().cloud_id();
         let waited = tokio::time::timeout_at(
@@ -190,6 +190,7 @@ impl Fleet {
     /// Waits in the queue until the call is placed, up to `queue_wait`.
     async fn wait_in_queue(
         self: &Arc<Self>,
+        plan: &AddPlan,
         mut queued: QueueWaiter,
     ) -> Result<(RunnerWaiter, watch::Receiver<RunnerSignal>), FleetError> {
         let limit = self.config.timeouts.queue_wait;
@@ -206,8 +207,14 @@ impl Fleet {
             Ok(placed) => placed,
             Err(_) => {
                 self.metrics.count_queue_timeout();
+                // Why, as of now: full, offline or cordoned agents (an operator's drain
+                // looks different from a fleet that is too small).
+                let why = match self.try_place(&self.lock(), plan) {
+                    Err(PlacementError::NoRoomNow(why)) => why,
+                    _ => "every matching agent is full, offline or cordoned".into(),
+                };
                 return Err(FleetError::NoCapacity(format!(
-                    "no slot for this request freed up within queue_wait ({limit:?}); every matching agent is full or offline"
+                    "no slot for this request freed up within queue_wait ({limit:?}): {why}"
                 )));
             }
         };
@@ -507,7 +514,8 @@ fn agent_views(state: &FleetState) -> Vec<AgentView> {
                 .unwrap_or_default();
             AgentView {
                 agent_id: agent.record.agent_id.clone(),
-                ready: agent.placeable(),
+                ready: agent.ready(),
+                cordoned: agent.record.cordoned,
                 max_runners: agent.record.max_runners,
                 cpu_cores: agent.record.cpu_cores,
                 memory_mib: agent.record.memory_mib,

@@ -154,11 +154,6 @@ impl AgentEntry {
         self.session.as_ref().is_some_and(|s| s.synced)
     }
 
-    /// New runners may go here.
-    fn placeable(&self) -> bool {
-        self.ready() && !self.record.cordoned && !self.record.revoked
-    }
-
     /// Sends a command if the agent has a session; the session's id, or `None` when it
     /// cannot be delivered now.
     fn push(&self, message: pb::ServerMessage) -> Option<u64> {
