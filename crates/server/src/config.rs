@@ -20,6 +20,28 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     pub resources: ResourceTable,
     pub timeouts: Timeouts,
+    pub history: HistoryConfig,
+}
+
+/// How long deleted runners stay in the state store (for `runners show` and `list --all`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Deleted runners created longer ago than this are pruned, with their state history.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// How often the server prunes.
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(30 * 24 * 3600),
+            prune_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -122,6 +144,7 @@ impl Default for ServerConfig {
             scheduler: SchedulerConfig::default(),
             resources: ResourceTable::default(),
             timeouts: Timeouts::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -132,6 +155,8 @@ pub enum ConfigError {
     NoToken,
     #[error("auth token is shorter than 16 characters; use a long random token (e.g. `openssl rand -hex 32`)")]
     WeakToken,
+    #[error("history.retention is {0:?}; keep deleted runners at least an hour (default 30d), and history.prune_interval above zero")]
+    Retention(Duration),
     #[error("invalid resource table")]
     Resources(#[source] shoes_vz_model::ResourceError),
     #[error("timeouts.{0} must be greater than zero")]
@@ -144,6 +169,8 @@ pub enum ConfigError {
 
 /// The least time a queued AddInstance keeps for booting once it gets a slot.
 pub const MIN_BOOT_TIME: Duration = Duration::from_secs(30);
+/// The shortest history.retention accepted.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Timeouts {
     pub fn claim_grace(&self) -> Duration {
@@ -183,6 +210,9 @@ impl ServerConfig {
         }
         if t.agent_offline_after < t.heartbeat_interval * 2 {
             return Err(ConfigError::OfflineBeforeHeartbeat);
+        }
+        if self.history.retention < MIN_RETENTION || self.history.prune_interval.is_zero() {
+            return Err(ConfigError::Retention(self.history.retention));
         }
         if t.add_instance < t.queue_wait + MIN_BOOT_TIME {
             return Err(ConfigError::QueueLeavesNoBootTime {

@@ -143,6 +143,10 @@ impl RunningServer {
             None => None,
         };
 
+        tasks.spawn(fleet::retention::prune_periodically(
+            Arc::clone(&fleet),
+            shutdown.clone(),
+        ));
         let liveness = Arc::clone(&fleet);
         let stop = shutdown.clone();
         tasks.spawn(async move {

@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use shoes_vz_model::RunnerState;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,6 +102,10 @@ pub struct FleetGauges {
     /// AddInstance calls waiting for a free slot.
     pub queue_length: i64,
     pub agents_cordoned: i64,
+    /// Store writes queued and not yet committed.
+    pub store_writer_queue: i64,
+    /// How long the oldest of them has waited.
+    pub store_writer_lag_seconds: f64,
 }
 
 pub struct Metrics {
@@ -122,6 +127,8 @@ pub struct Metrics {
     heartbeat_misses: Counter,
     agents_cordoned: Gauge,
     failures: Family<ReasonLabel, Counter>,
+    store_writer_queue: Gauge,
+    store_writer_lag: Gauge<f64, AtomicU64>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -152,6 +159,18 @@ impl Default for Metrics {
         let heartbeat_misses = Counter::default();
         let agents_cordoned = Gauge::default();
         let failures = Family::<ReasonLabel, Counter>::default();
+        let store_writer_queue = Gauge::default();
+        let store_writer_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "shoesvz_store_writer_queue",
+            "State store writes queued and not yet committed",
+            store_writer_queue.clone(),
+        );
+        registry.register(
+            "shoesvz_store_writer_lag_seconds",
+            "How long the oldest uncommitted state store write has waited (0 when none waits)",
+            store_writer_lag.clone(),
+        );
         registry.register(
             "shoesvz_auth_refused",
             "Refused authentications, by service (agent, shoes, operator)",
@@ -256,6 +275,8 @@ impl Default for Metrics {
             heartbeat_misses,
             agents_cordoned,
             failures,
+            store_writer_queue,
+            store_writer_lag,
         }
     }
 }
@@ -341,6 +362,8 @@ impl Metrics {
             .set(gauges.capacity_total_runners);
         self.queue_length.set(gauges.queue_length);
         self.agents_cordoned.set(gauges.agents_cordoned);
+        self.store_writer_queue.set(gauges.store_writer_queue);
+        self.store_writer_lag.set(gauges.store_writer_lag_seconds);
         for state in RunnerState::ALL {
             if state == RunnerState::Deleted {
                 continue;
@@ -393,6 +416,8 @@ mod tests {
             runners_by_state: vec![(RunnerState::Running, 3)],
             queue_length: 2,
             agents_cordoned: 1,
+            store_writer_queue: 7,
+            store_writer_lag_seconds: 0.25,
         });
         for needle in [
             "shoesvz_agents_online 2",
@@ -407,6 +432,8 @@ mod tests {
             "shoesvz_queue_length 2",
             "shoesvz_agents_cordoned 1",
             "shoesvz_queue_wait_seconds_count 0",
+            "shoesvz_store_writer_queue 7",
+            "shoesvz_store_writer_lag_seconds 0.25",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

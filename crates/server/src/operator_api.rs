@@ -37,6 +37,15 @@ impl OperatorApi {
 }
 
 const DEFAULT_PAGE: u32 = 500;
+/// The most runner bytes one ListRunners page carries.
+const PAGE_BYTES: usize = 512 * 1024;
+
+/// The key of a page's last runner, where the next page starts.
+fn page_key(page: &[shoes_vz_protocol::shoes::v1::RunnerInfo]) -> Option<(i64, RunnerId)> {
+    let last = page.last()?;
+    let id = RunnerId::parse(&last.runner_id).ok()?;
+    Some((last.created_at_ms, id))
+}
 
 /// `<created_at_ms>.<runner id>`: where the next page starts.
 fn page_token(key: &(i64, RunnerId)) -> String {
@@ -120,15 +129,25 @@ impl OperatorService for OperatorApi {
             } else {
                 request.page_size
             };
-            let (runners, next) = self
+            let (runners, mut next) = self
                 .fleet
                 .list_runners(request.include_deleted, after, size)
                 .await?;
+            // Whatever the runners carry (64 labels of 256 bytes, long errors), a page stays
+            // far below any client's message limit: it ends early and the next one goes on.
+            let mut page = Vec::with_capacity(runners.len());
+            let mut bytes = 0;
+            for (record, host) in &runners {
+                let info = runner_info(record, host);
+                bytes += prost::Message::encoded_len(&info) + 8;
+                if bytes > PAGE_BYTES && !page.is_empty() {
+                    next = page_key(&page);
+                    break;
+                }
+                page.push(info);
+            }
             Ok(pb::ListRunnersResponse {
-                runners: runners
-                    .iter()
-                    .map(|(r, host)| runner_info(r, host))
-                    .collect(),
+                runners: page,
                 next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
             })
         }

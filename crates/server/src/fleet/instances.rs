@@ -15,12 +15,11 @@ use super::queue::Placed;
 use super::{
     delete_command, unix_micros, Fleet, FleetError, FleetState, RunnerEntry, RunnerSignal,
 };
-use crate::scheduler::{self, AgentView, PlacementError};
+use crate::scheduler::{self, PlacementError};
 use crate::store::{now_ms, RunnerRecord, Timings};
 use crate::writer::WriteError;
 use shoes_vz_model::{CloudId, ResourceSpec, ResourceType, RunnerId, RunnerName, RunnerState};
 use shoes_vz_protocol::agent::v1 as pb;
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +67,12 @@ impl Fleet {
     ) -> Result<AddOutcome, FleetError> {
         let plan = Arc::new(self.plan_add(request)?);
         let arrived = Instant::now();
+        // A store that cannot keep up slows new runners down rather than queueing writes
+        // without end.
+        self.writer
+            .wait_for_room(self.config.timeouts.queue_wait)
+            .await
+            .map_err(|e| FleetError::Unavailable(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + self.config.timeouts.add_instance;
         let (waiter, mut signal) = match self.admit(&plan, arrived)? {
             Admission::Runner(waiter, signal) => (waiter, signal),
@@ -246,8 +251,18 @@ impl Fleet {
         state: &FleetState,
         plan: &AddPlan,
     ) -> Result<scheduler::Placement, PlacementError> {
-        let views = agent_views(state);
-        scheduler::place(&self.config.scheduler, &views, &plan.labels, plan.spec)
+        let decided = state
+            .index
+            .place(&self.config.scheduler, &plan.labels, plan.spec);
+        #[cfg(debug_assertions)]
+        super::placement::check_against_full_scan(
+            state,
+            &self.config.scheduler,
+            &plan.labels,
+            plan.spec,
+            &decided,
+        );
+        decided
     }
 
     /// Records a placed runner (counting `waiters` callers on it) and launches it: the store
@@ -295,7 +310,7 @@ impl Fleet {
         let mut entry = RunnerEntry::new(record);
         entry.waiters = waiters;
         state.names.insert(plan.name.to_string(), runner_id.clone());
-        state.runners.insert(runner_id.clone(), entry);
+        state.add_runner(entry);
         let create = pb::CreateRunner {
             runner_id: runner_id.to_string(),
             runner_name: plan.name.to_string(),
@@ -490,40 +505,4 @@ fn validate_labels(labels: &[String]) -> Result<(), FleetError> {
         )));
     }
     Ok(())
-}
-
-fn agent_views(state: &FleetState) -> Vec<AgentView> {
-    let mut used: HashMap<&shoes_vz_model::AgentId, (u32, u32, u64)> = HashMap::new();
-    for entry in state.runners.values() {
-        if !entry.record.state.holds_slot() {
-            continue;
-        }
-        let slot = used.entry(&entry.record.agent_id).or_default();
-        slot.0 += 1;
-        slot.1 += entry.record.vcpus;
-        slot.2 += entry.record.memory_mib;
-    }
-    state
-        .agents
-        .values()
-        .filter(|agent| !agent.record.revoked)
-        .map(|agent| {
-            let (runners, vcpus, memory) = used
-                .get(&agent.record.agent_id)
-                .copied()
-                .unwrap_or_default();
-            AgentView {
-                agent_id: agent.record.agent_id.clone(),
-                ready: agent.ready(),
-                cordoned: agent.record.cordoned,
-                max_runners: agent.record.max_runners,
-                cpu_cores: agent.record.cpu_cores,
-                memory_mib: agent.record.memory_mib,
-                templates: agent.record.templates.clone(),
-                used_runners: runners,
-                used_vcpus: vcpus,
-                used_memory_mib: memory,
-            }
-        })
-        .collect()
 }

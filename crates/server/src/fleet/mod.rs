@@ -8,8 +8,10 @@
 //! - [`instances`]: AddInstance / DeleteInstance: admit (attach, place or queue), launch,
 //!   wait, delete.
 //! - [`queue`]: AddInstance calls waiting for a free slot, first come first served.
+//! - `placement`: the scheduler's placement index kept in step with agents and runners.
 //! - [`claims`]: who waits for which runner, and runners nobody claimed.
 //! - [`guest`]: operators' requests about a live runner (commands, logs), through its agent.
+//! - [`retention`]: deleted runners leave the store after `history.retention`.
 //! - [`error`]: errors and their gRPC codes.
 //!
 //! One `std::sync::Mutex` guards the state and is never held across an `.await`; store writes
@@ -23,7 +25,9 @@ pub mod claims;
 pub mod error;
 pub mod guest;
 pub mod instances;
+mod placement;
 pub mod queue;
+pub mod retention;
 pub mod sessions;
 pub mod trust;
 
@@ -33,7 +37,7 @@ use crate::store::{now_ms, AgentRecord, RunnerRecord, Store, StoreError, Timings
 use crate::writer::StoreWriter;
 use shoes_vz_model::{AgentId, RunnerId, RunnerState};
 use shoes_vz_protocol::agent::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -64,6 +68,8 @@ struct FleetState {
     /// Runner names a retried AddInstance attaches to: live runners not being deleted.
     names: HashMap<String, RunnerId>,
     queue: queue::AddQueue,
+    /// Where new runners can go, kept up to date as agents and runners change.
+    index: crate::scheduler::index::PlacementIndex,
     next_session: u64,
     /// Operators' requests waiting for their agent's answer, by request id.
     guest_calls: HashMap<u64, tokio::sync::oneshot::Sender<pb::GuestReply>>,
@@ -74,6 +80,19 @@ struct AgentEntry {
     record: AgentRecord,
     session: Option<Session>,
     last_seen: Instant,
+    /// Its runners the fleet holds (live, and ended ones not yet released).
+    runners: HashSet<RunnerId>,
+}
+
+impl AgentEntry {
+    fn new(record: AgentRecord) -> AgentEntry {
+        AgentEntry {
+            record,
+            session: None,
+            last_seen: Instant::now(),
+            runners: HashSet::new(),
+        }
+    }
 }
 
 struct Session {
@@ -176,14 +195,9 @@ impl Fleet {
         let mut state = FleetState::default();
         for mut record in store.list_agents().await? {
             record.online = false;
-            state.agents.insert(
-                record.agent_id.clone(),
-                AgentEntry {
-                    record,
-                    session: None,
-                    last_seen: Instant::now(),
-                },
-            );
+            state
+                .agents
+                .insert(record.agent_id.clone(), AgentEntry::new(record));
         }
         let now = Instant::now();
         for record in store.list_unreleased_runners().await? {
@@ -197,7 +211,11 @@ impl Fleet {
                     entry.unclaimed_since = Some(now);
                 }
             }
-            state.runners.insert(entry.record.runner_id.clone(), entry);
+            state.add_runner(entry);
+        }
+        let agent_ids: Vec<AgentId> = state.agents.keys().cloned().collect();
+        for agent_id in &agent_ids {
+            state.reindex_templates(agent_id);
         }
         tracing::info!(
             agents = state.agents.len(),
@@ -363,6 +381,9 @@ impl Fleet {
         }
         gauges.runners_by_state = by_state.into_iter().collect();
         gauges.queue_length = i64::try_from(state.queue.waiting_calls()).unwrap_or(i64::MAX);
+        drop(state);
+        gauges.store_writer_queue = i64::try_from(self.writer.queued()).unwrap_or(i64::MAX);
+        gauges.store_writer_lag_seconds = self.writer.lag().as_secs_f64();
         gauges
     }
 
@@ -455,7 +476,11 @@ impl Fleet {
         }
         self.writer.update_runner(record.clone());
         entry.publish();
-        if !entry.attachable() {
+        let attachable = entry.attachable();
+        if old_state.holds_slot() != new_state.holds_slot() {
+            state.reindex(agent_id);
+        }
+        if !attachable {
             release_name(state, &runner_id);
         }
         if new_state == RunnerState::Deleted {
@@ -504,7 +529,9 @@ impl Fleet {
         record.state = RunnerState::Deleted;
         record.updated_at_ms = now_ms();
         self.writer.update_runner(record.clone());
+        let agent_id = record.agent_id.clone();
         entry.publish();
+        state.reindex(&agent_id);
         tracing::warn!(runner = %runner_id, reason, "runner marked deleted without its agent");
         release_name(state, runner_id);
         self.ended(state, runner_id);
@@ -531,7 +558,7 @@ impl Fleet {
     }
 
     fn forget(&self, state: &mut FleetState, runner_id: &RunnerId) {
-        if state.runners.remove(runner_id).is_some() {
+        if state.remove_runner(runner_id).is_some() {
             release_name(state, runner_id);
         }
     }

@@ -93,16 +93,18 @@ impl Fleet {
                 entry.last_seen = Instant::now();
             }
             None => {
-                state.agents.insert(
-                    agent_id,
-                    AgentEntry {
-                        record,
-                        session: None,
-                        last_seen: Instant::now(),
-                    },
-                );
+                let mut entry = AgentEntry::new(record);
+                // Runners loaded for an agent this server had not seen register yet.
+                entry.runners = state
+                    .runners
+                    .values()
+                    .filter(|r| r.record.agent_id == agent_id)
+                    .map(|r| r.record.runner_id.clone())
+                    .collect();
+                state.agents.insert(agent_id.clone(), entry);
             }
         }
+        state.reindex_templates(&agent_id);
         let t = &self.config.timeouts;
         let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Ok(pb::RegisterAgentResponse {
@@ -149,6 +151,8 @@ impl Fleet {
             tracing::info!(agent = %agent_id, %peer, "agent reconnected; older session replaced");
         }
         entry.last_seen = Instant::now();
+        // Not schedulable until this session's first snapshot.
+        state.reindex(&agent_id);
         Ok(SessionHandle {
             agent_id,
             session_id,
@@ -175,6 +179,9 @@ impl Fleet {
                     entry.record.online = true;
                     self.writer.agent_online(agent_id.clone(), true, now_ms());
                     tracing::info!(agent = %agent_id, runners = snapshot.runners.len(), "agent online; reconciling");
+                }
+                if first {
+                    state.reindex(agent_id);
                 }
                 self.reconcile(&mut state, agent_id, session_id, &snapshot, first);
                 if first {
@@ -212,6 +219,7 @@ impl Fleet {
             }
             entry.record.online = false;
             self.writer.agent_online(agent_id.clone(), false, now_ms());
+            state.reindex(agent_id);
             tracing::warn!(agent = %agent_id, reason, "agent offline");
         }
     }
@@ -290,10 +298,10 @@ impl Fleet {
         }
         let mut lost = Vec::new();
         let mut redelete = Vec::new();
-        for (id, entry) in &state.runners {
-            if &entry.record.agent_id != agent_id {
+        for id in state.runners_of(agent_id) {
+            let Some(entry) = state.runners.get(&id) else {
                 continue;
-            }
+            };
             if !entry.record.state.holds_slot() {
                 continue;
             }
@@ -302,10 +310,10 @@ impl Fleet {
                 .is_some_and(|pushed| pushed != session_id);
             let recovered =
                 entry.pushed_to_session.is_none() && entry.record.state != RunnerState::Creating;
-            if first && !reported.contains(id) && (pushed_elsewhere || recovered) {
-                lost.push(id.clone());
+            if first && !reported.contains(&id) && (pushed_elsewhere || recovered) {
+                lost.push(id);
             } else if entry.record.delete_requested {
-                redelete.push(id.clone());
+                redelete.push(id);
             }
         }
         for id in lost {

@@ -135,11 +135,16 @@ impl Fleet {
         entry.record.credential_hash.clear();
         self.writer.upsert_agent(entry.record.clone());
         let record = entry.record.clone();
+        state.reindex(agent_id);
         let runners: Vec<RunnerId> = state
-            .runners
-            .values()
-            .filter(|r| &r.record.agent_id == agent_id && r.record.state.holds_slot())
-            .map(|r| r.record.runner_id.clone())
+            .runners_of(agent_id)
+            .into_iter()
+            .filter(|id| {
+                state
+                    .runners
+                    .get(id)
+                    .is_some_and(|r| r.record.state.holds_slot())
+            })
             .collect();
         if let Some(agent) = state.agents.get(agent_id) {
             for runner_id in &runners {
@@ -183,6 +188,7 @@ impl Fleet {
             tracing::info!(agent = %agent_id, cordoned, at_ms = now_ms(), "agent cordon changed");
         }
         let record = entry.record.clone();
+        state.reindex(agent_id);
         if !cordoned {
             self.pump(&mut state);
         }
@@ -193,8 +199,9 @@ impl Fleet {
     pub fn agent_usage(&self, agent_id: &AgentId) -> Usage {
         let state = self.lock();
         let mut usage = Usage::default();
-        for runner in state.runners.values() {
-            if &runner.record.agent_id == agent_id && runner.record.state.holds_slot() {
+        let runners = state.runners_of(agent_id);
+        for runner in runners.iter().filter_map(|id| state.runners.get(id)) {
+            if runner.record.state.holds_slot() {
                 usage.runners += 1;
                 usage.vcpus += runner.record.vcpus;
                 usage.memory_mib += runner.record.memory_mib;

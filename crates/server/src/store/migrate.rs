@@ -16,6 +16,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/0003_agent_trust_and_cordon.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/0004_lean_runner_indexes.sql"),
+    ),
 ];
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version \

@@ -4,6 +4,8 @@
 //! # Layout
 //! - `records`: the record types callers read and write (re-exported here).
 //! - `agents`, `runners`: the [`Store`] methods for each table.
+//! - `batch`: several writes in one transaction ([`Store::apply`]), as the server's writer
+//!   commits them.
 //! - `open`: connecting (pool, SQLite pragmas).
 //! - `migrate`: the embedded schema (`crates/server/migrations/*.sql`) and its version table.
 //! - `sql`, `decode`: statements, and rows back into records.
@@ -11,6 +13,7 @@
 //! Only portable column types are used (BIGINT, TEXT), so one schema serves both databases.
 
 mod agents;
+mod batch;
 mod decode;
 mod error;
 mod migrate;
@@ -21,6 +24,7 @@ mod sql;
 #[cfg(test)]
 mod tests;
 
+pub use batch::{KnownStates, Write};
 pub use error::StoreError;
 pub use records::{AgentRecord, RunnerRecord, StateChange, TemplateRecord, Timings};
 

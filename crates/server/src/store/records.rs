@@ -29,7 +29,7 @@ pub struct AgentRecord {
 }
 
 /// A VM template an agent offers; stored as JSON inside the agent's row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TemplateRecord {
     pub name: String,
     pub version: String,

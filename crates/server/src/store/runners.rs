@@ -1,6 +1,7 @@
 //! Runners and their state history. Every write that changes `state` appends a history row
 //! in the same transaction, so the two never disagree.
 
+use super::batch::{KnownStates, Write};
 use super::decode::{self, opt_to_i64, to_i64, to_json};
 use super::records::{RunnerRecord, StateChange};
 use super::{sql, Backend, Store, StoreError};
@@ -67,68 +68,43 @@ impl Store {
     /// Adds a new runner and its first history entry. A runner_id or cloud_id already
     /// present is [`StoreError::Conflict`].
     pub async fn insert_runner(&self, runner: &RunnerRecord) -> Result<(), StoreError> {
-        let columns = Columns::of(runner)?;
-        let query = sqlx::query(sql::INSERT_RUNNER)
-            .bind(runner.runner_id.as_str())
-            .bind(runner.cloud_id().to_string())
-            .bind(runner.created_at_ms);
-        let query = columns.bind_mutable(query, runner);
-
-        let mut tx = self.begin_write().await?;
-        let what = format!(
-            "runner {} (cloud_id {})",
-            runner.runner_id,
-            runner.cloud_id()
-        );
-        query
-            .execute(&mut *tx)
+        self.apply(&[Write::InsertRunner(runner)], &mut KnownStates::default())
             .await
-            .map_err(StoreError::insert("insert a runner", what.clone()))?;
-        append_history(&mut tx, runner, runner.created_at_ms)
-            .await
-            .map_err(StoreError::insert("record a new runner's state", what))?;
-        tx.commit()
-            .await
-            .map_err(StoreError::query("commit a new runner"))
     }
 
     /// Overwrites the runner's mutable columns; appends a history entry if `state` differs
     /// from the stored one. An unknown runner is [`StoreError::NotFound`].
     pub async fn update_runner(&self, runner: &RunnerRecord) -> Result<(), StoreError> {
-        let columns = Columns::of(runner)?;
-        let mut tx = self.begin_write().await?;
-
-        let read_state = match self.backend {
-            Backend::Sqlite => sql::RUNNER_STATE_SQLITE,
-            Backend::Postgres => sql::RUNNER_STATE_POSTGRES,
-        };
-        let stored: Option<String> = sqlx::query_scalar(read_state)
-            .bind(runner.runner_id.as_str())
-            .fetch_optional(&mut *tx)
+        self.apply(&[Write::UpdateRunner(runner)], &mut KnownStates::default())
             .await
-            .map_err(StoreError::query("read a runner's state"))?;
-        let Some(stored) = stored else {
-            return Err(StoreError::NotFound {
-                kind: "runner",
-                id: runner.runner_id.to_string(),
-            });
-        };
+    }
 
-        let query = sqlx::query(sql::UPDATE_RUNNER).bind(runner.runner_id.as_str());
-        columns
-            .bind_mutable(query, runner)
+    /// Removes up to `limit` deleted runners created before `created_before_ms`, with their
+    /// history (runners myshoes may still release are kept). Returns how many went.
+    pub async fn prune_deleted(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let query = |statement| {
+            sqlx::query(statement)
+                .bind(created_before_ms)
+                .bind(RunnerState::Deleted.as_str())
+                .bind(i64::from(limit))
+        };
+        let mut tx = self.begin_write().await?;
+        query(sql::PRUNE_HISTORY)
             .execute(&mut *tx)
             .await
-            .map_err(StoreError::query("update a runner"))?;
-        // A corrupt stored state counts as changed, so the history shows the repair.
-        if stored != runner.state.as_str() {
-            append_history(&mut tx, runner, runner.updated_at_ms)
-                .await
-                .map_err(StoreError::query("record a runner's state change"))?;
-        }
+            .map_err(StoreError::query("prune deleted runners' history"))?;
+        let pruned = query(sql::PRUNE_RUNNERS)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("prune deleted runners"))?;
         tx.commit()
             .await
-            .map_err(StoreError::query("commit a runner update"))
+            .map_err(StoreError::query("commit pruning"))?;
+        Ok(pruned.rows_affected())
     }
 
     pub async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerRecord>, StoreError> {
@@ -197,6 +173,79 @@ impl Store {
             .map(|row| decode::state_change(row, id))
             .collect()
     }
+}
+
+/// [`Store::insert_runner`] inside the caller's transaction.
+pub(super) async fn insert_in(
+    tx: &mut Transaction<'static, Any>,
+    runner: &RunnerRecord,
+) -> Result<(), StoreError> {
+    let columns = Columns::of(runner)?;
+    let query = sqlx::query(sql::INSERT_RUNNER)
+        .bind(runner.runner_id.as_str())
+        .bind(runner.cloud_id().to_string())
+        .bind(runner.created_at_ms);
+    let what = || {
+        format!(
+            "runner {} (cloud_id {})",
+            runner.runner_id,
+            runner.cloud_id()
+        )
+    };
+    columns
+        .bind_mutable(query, runner)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::insert("insert a runner", what()))?;
+    append_history(tx, runner, runner.created_at_ms)
+        .await
+        .map_err(StoreError::insert("record a new runner's state", what()))
+}
+
+/// [`Store::update_runner`] inside the caller's transaction. `stored` is the state the store
+/// holds for the runner when the caller knows it (it wrote it); otherwise it is read, locked.
+pub(super) async fn update_in(
+    tx: &mut Transaction<'static, Any>,
+    backend: Backend,
+    runner: &RunnerRecord,
+    stored: Option<RunnerState>,
+) -> Result<(), StoreError> {
+    let columns = Columns::of(runner)?;
+    let not_found = || StoreError::NotFound {
+        kind: "runner",
+        id: runner.runner_id.to_string(),
+    };
+    // A corrupt stored state counts as changed, so the history shows the repair.
+    let changed = match stored {
+        Some(stored) => stored != runner.state,
+        None => {
+            let read_state = match backend {
+                Backend::Sqlite => sql::RUNNER_STATE_SQLITE,
+                Backend::Postgres => sql::RUNNER_STATE_POSTGRES,
+            };
+            let stored: Option<String> = sqlx::query_scalar(read_state)
+                .bind(runner.runner_id.as_str())
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(StoreError::query("read a runner's state"))?;
+            stored.ok_or_else(not_found)? != runner.state.as_str()
+        }
+    };
+    let query = sqlx::query(sql::UPDATE_RUNNER).bind(runner.runner_id.as_str());
+    let done = columns
+        .bind_mutable(query, runner)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("update a runner"))?;
+    if done.rows_affected() == 0 {
+        return Err(not_found());
+    }
+    if changed {
+        append_history(tx, runner, runner.updated_at_ms)
+            .await
+            .map_err(StoreError::query("record a runner's state change"))?;
+    }
+    Ok(())
 }
 
 /// Appends `runner.state` as the next history entry; `error` doubles as the detail.

@@ -98,3 +98,21 @@ pub const APPEND_HISTORY: &str =
 
 pub const HISTORY: &str = "SELECT seq, state, at_ms, detail FROM runner_history \
      WHERE runner_id = $1 ORDER BY seq";
+
+/// Deleted runners created before $1, that nobody may still ask about (not ended on their own
+/// while myshoes holds them), oldest first, at most $3; $2 is the deleted state.
+macro_rules! prunable {
+    () => {
+        "SELECT runner_id FROM runners WHERE created_at_ms < $1 AND state = $2 \
+         AND NOT (answered = 1 AND delete_requested = 0) ORDER BY created_at_ms LIMIT $3"
+    };
+}
+
+pub const PRUNE_HISTORY: &str = concat!(
+    "DELETE FROM runner_history WHERE runner_id IN (",
+    prunable!(),
+    ")"
+);
+
+pub const PRUNE_RUNNERS: &str =
+    concat!("DELETE FROM runners WHERE runner_id IN (", prunable!(), ")");

@@ -564,6 +564,8 @@ async fn postgres_round_trip() {
     };
     let store = Store::open(&url).await.expect("open PostgreSQL store");
     round_trip(&store).await;
+    batches(&store).await;
+    retention(&store).await;
     // A second open (a restarted server) finds the schema current and the rows intact.
     let again = Store::open(&url).await.expect("reopen PostgreSQL store");
     round_trip(&again).await;
@@ -592,4 +594,167 @@ async fn postgres_round_trip() {
     for pair in history.windows(2) {
         assert_ne!(pair[0].state, pair[1].state);
     }
+}
+
+/// Batches, shared by SQLite and PostgreSQL: a runner's whole life in one transaction keeps
+/// every state in its history (the writer's known states stand in for reads), and a batch with
+/// one bad write leaves nothing behind.
+async fn batches(store: &Store) {
+    let host = agent("mac-batch");
+    let mut known = KnownStates::default();
+    let first = runner(&host.agent_id, now_ms());
+    let mut steps = vec![first.clone()];
+    for state in [
+        RunnerState::Booting,
+        RunnerState::Booting, // a repeat: no history row
+        RunnerState::SshReady,
+        RunnerState::Running,
+    ] {
+        let mut next = steps.last().expect("a step").clone();
+        next.state = state;
+        next.updated_at_ms += 10;
+        steps.push(next);
+    }
+    let mut writes = vec![Write::UpsertAgent(&host), Write::InsertRunner(&steps[0])];
+    writes.extend(steps[1..].iter().map(Write::UpdateRunner));
+    writes.push(Write::AgentOnline(&host.agent_id, false, 1_700_000_000_001));
+    store.apply(&writes, &mut known).await.expect("one batch");
+    let history: Vec<_> = store
+        .history(&first.runner_id)
+        .await
+        .expect("history")
+        .into_iter()
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        history,
+        [
+            RunnerState::Creating,
+            RunnerState::Booting,
+            RunnerState::SshReady,
+            RunnerState::Running
+        ]
+    );
+    assert_eq!(known.get(&first.runner_id), Some(RunnerState::Running));
+    let stored = store.list_agents().await.expect("agents");
+    let stored = stored
+        .iter()
+        .find(|a| a.agent_id == host.agent_id)
+        .expect("the agent");
+    assert!(!stored.online, "the batch's last write won");
+
+    // Known states replace the read: an update after the batch still appends exactly once.
+    let mut deleted = steps.last().expect("a step").clone();
+    deleted.state = RunnerState::Deleted;
+    store
+        .apply(&[Write::UpdateRunner(&deleted)], &mut known)
+        .await
+        .expect("delete");
+    assert_eq!(store.history(&first.runner_id).await.expect("h").len(), 5);
+    assert_eq!(
+        known.get(&first.runner_id),
+        None,
+        "deleted runners are forgotten"
+    );
+
+    // All or nothing: an update of a runner the store never had fails the whole batch.
+    let second = runner(&host.agent_id, now_ms());
+    let stranger = runner(&host.agent_id, now_ms());
+    let failed = store
+        .apply(
+            &[Write::InsertRunner(&second), Write::UpdateRunner(&stranger)],
+            &mut known,
+        )
+        .await
+        .expect_err("the stranger is unknown");
+    assert!(matches!(failed, StoreError::NotFound { .. }), "{failed}");
+    assert!(store
+        .get_runner(&second.runner_id)
+        .await
+        .expect("read")
+        .is_none());
+    assert_eq!(
+        known.get(&second.runner_id),
+        None,
+        "nothing known from a rolled-back batch"
+    );
+}
+
+#[tokio::test]
+async fn batches_are_atomic_and_keep_every_state() {
+    let (_dir, store) = open_temp().await;
+    batches(&store).await;
+}
+
+/// Pruning, shared by SQLite and PostgreSQL: only deleted runners created before the cutoff
+/// go, with their history, and never one myshoes may still release.
+async fn retention(store: &Store) {
+    let host = AgentId::generate();
+    // Far in the past, so rows of other tests (created now) stay out of it.
+    let long_ago = 1_000_000_000_000 + i64::from(rand_offset());
+    let cutoff = long_ago + 1_000;
+    let at = |created: i64, state: RunnerState, answered: bool, delete_requested: bool| {
+        let mut r = runner(&host, created);
+        r.state = state;
+        r.answered = answered;
+        r.delete_requested = delete_requested;
+        r
+    };
+    let old_deleted = at(long_ago, RunnerState::Deleted, true, true);
+    let old_never_answered = at(long_ago + 1, RunnerState::Deleted, false, false);
+    let old_unreleased = at(long_ago + 2, RunnerState::Deleted, true, false);
+    let old_live = at(long_ago + 3, RunnerState::Running, true, false);
+    let recent_deleted = at(cutoff + 1, RunnerState::Deleted, true, true);
+    let all = [
+        &old_deleted,
+        &old_never_answered,
+        &old_unreleased,
+        &old_live,
+        &recent_deleted,
+    ];
+    for r in all {
+        store.insert_runner(r).await.expect("insert");
+    }
+    // One per call: the limit holds.
+    assert_eq!(store.prune_deleted(cutoff, 1).await.expect("prune"), 1);
+    assert_eq!(store.prune_deleted(cutoff, 100).await.expect("prune"), 1);
+    assert_eq!(store.prune_deleted(cutoff, 100).await.expect("prune"), 0);
+    for gone in [&old_deleted, &old_never_answered] {
+        assert!(store
+            .get_runner(&gone.runner_id)
+            .await
+            .expect("read")
+            .is_none());
+        assert!(store
+            .history(&gone.runner_id)
+            .await
+            .expect("history")
+            .is_empty());
+    }
+    for kept in [&old_unreleased, &old_live, &recent_deleted] {
+        assert!(store
+            .get_runner(&kept.runner_id)
+            .await
+            .expect("read")
+            .is_some());
+        assert_eq!(
+            store.history(&kept.runner_id).await.expect("history").len(),
+            1
+        );
+    }
+}
+
+/// A per-run offset so reruns against one PostgreSQL database use fresh timestamps.
+fn rand_offset() -> u32 {
+    u32::from_le_bytes(
+        RunnerId::generate().as_str().as_bytes()[..4]
+            .try_into()
+            .unwrap_or([0; 4]),
+    ) % 1_000_000
+}
+
+#[tokio::test]
+async fn pruning_removes_only_released_deleted_runners_past_the_cutoff() {
+    let (_dir, store) = open_temp().await;
+    retention(&store).await;
 }

@@ -1,5 +1,13 @@
-//! Placement: which agent and template serve a request. Pure logic over a view of the fleet,
-//! so every rule is unit-tested without a network.
+//! Placement: which agent and template serve a request. Pure logic, so every rule is
+//! unit-tested without a network.
+//!
+//! # Layout
+//! - `mod.rs`: the rules, as [`place`] over a full view of the fleet (the reference the index
+//!   is checked against).
+//! - [`index`]: the same decision from an index kept up to date as agents and runners change,
+//!   without a pass over the fleet: what the server uses.
+
+pub mod index;
 
 use crate::config::SchedulerConfig;
 use crate::store::TemplateRecord;
@@ -102,7 +110,7 @@ pub fn place(
     }
 }
 
-fn meaningful_labels(config: &SchedulerConfig, labels: &[String]) -> Vec<String> {
+pub(crate) fn meaningful_labels(config: &SchedulerConfig, labels: &[String]) -> Vec<String> {
     labels
         .iter()
         .filter(|label| {
@@ -115,7 +123,11 @@ fn meaningful_labels(config: &SchedulerConfig, labels: &[String]) -> Vec<String>
         .collect()
 }
 
-fn serves(config: &SchedulerConfig, template: &TemplateRecord, wanted: &[String]) -> bool {
+pub(crate) fn serves(
+    config: &SchedulerConfig,
+    template: &TemplateRecord,
+    wanted: &[String],
+) -> bool {
     if wanted.is_empty() {
         return config
             .default_template
@@ -133,7 +145,7 @@ fn serves(config: &SchedulerConfig, template: &TemplateRecord, wanted: &[String]
 }
 
 /// Labels a template has that the request did not ask for.
-fn extra_labels(template: &TemplateRecord, wanted: &[String]) -> usize {
+pub(crate) fn extra_labels(template: &TemplateRecord, wanted: &[String]) -> usize {
     template
         .labels
         .iter()
@@ -142,24 +154,66 @@ fn extra_labels(template: &TemplateRecord, wanted: &[String]) -> usize {
 }
 
 fn fits_ever(agent: &AgentView, template: &TemplateRecord, spec: ResourceSpec) -> bool {
-    agent.max_runners > 0
-        && spec.vcpus <= template.max_vcpus
-        && spec.memory_mib <= template.max_memory_mib
-        && spec.vcpus <= agent.cpu_cores
-        && spec.memory_mib <= agent.memory_mib
+    template_fits(template, spec) && agent.slots().fits_ever(spec)
+}
+
+/// The template allows a VM this size.
+pub(crate) fn template_fits(template: &TemplateRecord, spec: ResourceSpec) -> bool {
+    spec.vcpus <= template.max_vcpus && spec.memory_mib <= template.max_memory_mib
 }
 
 fn has_room(agent: &AgentView, spec: ResourceSpec) -> bool {
-    agent.used_runners < agent.max_runners
-        && agent.used_vcpus + spec.vcpus <= agent.cpu_cores
-        && agent.used_memory_mib + spec.memory_mib <= agent.memory_mib
+    agent.slots().has_room(spec)
 }
 
 fn free_slots(agent: &AgentView) -> u32 {
-    agent.max_runners.saturating_sub(agent.used_runners)
+    agent.slots().free()
 }
 
-fn describe(wanted: &[String], spec: ResourceSpec) -> String {
+/// An agent's size and what its live runners hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Slots {
+    pub max_runners: u32,
+    pub cpu_cores: u32,
+    pub memory_mib: u64,
+    /// Runners holding a slot, in-flight creates included (they are reservations).
+    pub used_runners: u32,
+    pub used_vcpus: u32,
+    pub used_memory_mib: u64,
+}
+
+impl Slots {
+    /// Could ever run a VM this size.
+    pub fn fits_ever(&self, spec: ResourceSpec) -> bool {
+        self.max_runners > 0 && spec.vcpus <= self.cpu_cores && spec.memory_mib <= self.memory_mib
+    }
+
+    /// Can take a VM this size now.
+    pub fn has_room(&self, spec: ResourceSpec) -> bool {
+        self.used_runners < self.max_runners
+            && self.used_vcpus + spec.vcpus <= self.cpu_cores
+            && self.used_memory_mib + spec.memory_mib <= self.memory_mib
+    }
+
+    pub fn free(&self) -> u32 {
+        self.max_runners.saturating_sub(self.used_runners)
+    }
+}
+
+impl AgentView {
+    pub fn slots(&self) -> Slots {
+        Slots {
+            max_runners: self.max_runners,
+            cpu_cores: self.cpu_cores,
+            memory_mib: self.memory_mib,
+            used_runners: self.used_runners,
+            used_vcpus: self.used_vcpus,
+            used_memory_mib: self.used_memory_mib,
+        }
+    }
+}
+
+pub(crate) fn describe(wanted: &[String], spec: ResourceSpec) -> String {
     format!(
         "labels {wanted:?} with {} vCPUs and {} MiB; check the labels, the resource type mapping and the templates' limits",
         spec.vcpus, spec.memory_mib
