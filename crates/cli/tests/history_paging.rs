@@ -19,7 +19,7 @@ const HEAVY_EVERY: usize = 50;
 const ONE_MIB: usize = 1024 * 1024;
 
 fn deleted_runner(agent_id: &AgentId, index: usize) -> RunnerRecord {
-    let labels = if index % HEAVY_EVERY == 0 {
+    let labels = if index.is_multiple_of(HEAVY_EVERY) {
         (0..64)
             .map(|l| format!("{l:03}{}", "x".repeat(253)))
             .collect()
