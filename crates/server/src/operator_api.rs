@@ -1,6 +1,7 @@
 //! OperatorService: what the `shoes-vz` CLI asks of the fleet, with the operator token.
 
 use crate::auth::peer;
+use crate::fleet::error::RequestError;
 use crate::fleet::{Fleet, FleetError};
 use crate::shoes_api::runner_info;
 use crate::store::AgentRecord;
@@ -56,7 +57,7 @@ fn parse_page_token(token: &str) -> Result<Option<(i64, RunnerId)>, FleetError> 
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || FleetError::Invalid("page_token is not one this server handed out".into());
+    let invalid = || FleetError::Request(RequestError::BadPageToken);
     let (at, id) = token.split_once('.').ok_or_else(invalid)?;
     let at = at.parse::<i64>().map_err(|_| invalid())?;
     let id = RunnerId::parse(id).map_err(|_| invalid())?;
@@ -64,13 +65,13 @@ fn parse_page_token(token: &str) -> Result<Option<(i64, RunnerId)>, FleetError> 
 }
 
 fn parse_agent(id: &str) -> Result<AgentId, FleetError> {
-    AgentId::parse(id).map_err(|e| FleetError::Invalid(e.to_string()))
+    AgentId::parse(id).map_err(|e| FleetError::Request(e.into()))
 }
 
 fn parse_cloud(id: &str) -> Result<RunnerId, FleetError> {
     CloudId::parse(id)
         .map(|c| c.runner_id())
-        .map_err(|e| FleetError::NotFound(e.to_string()))
+        .map_err(FleetError::MalformedCloudId)
 }
 
 /// An agent as operators see it, with what it has free.
@@ -162,9 +163,11 @@ impl OperatorService for OperatorApi {
         let cloud_id = request.into_inner().cloud_id;
         let result = async {
             let id = parse_cloud(&cloud_id)?;
-            let (record, host) = self.fleet.get_runner(&id).await?.ok_or_else(|| {
-                FleetError::NotFound(format!("runner {cloud_id} was never issued by this server"))
-            })?;
+            let (record, host) = self
+                .fleet
+                .get_runner(&id)
+                .await?
+                .ok_or_else(|| FleetError::UnknownRunner(id.cloud_id()))?;
             let history = self.fleet.runner_history(&id).await?;
             Ok(pb::GetRunnerResponse {
                 runner: Some(runner_info(&record, &host)),
@@ -188,11 +191,11 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
         let cloud_id = request.into_inner().cloud_id;
         tracing::info!(cloud_id = %cloud_id, "an operator deletes a runner");
-        let result = self
-            .fleet
-            .delete_instance(&cloud_id)
-            .await
-            .map(|()| pb::DeleteRunnerResponse {});
+        let result = match crate::shoes_api::parse_cloud_id(&cloud_id) {
+            Ok(cloud_id) => self.fleet.delete_instance(&cloud_id).await,
+            Err(error) => Err(error),
+        };
+        let result = result.map(|()| pb::DeleteRunnerResponse {});
         self.finish("DeleteRunner", result)
     }
 
@@ -227,9 +230,7 @@ impl OperatorService for OperatorApi {
                 .agents()
                 .into_iter()
                 .find(|(r, _)| r.agent_id == id)
-                .ok_or_else(|| {
-                    FleetError::NotFound(format!("agent {id} is not known to this server"))
-                })?;
+                .ok_or_else(|| FleetError::UnknownAgent(id.clone()))?;
             let (runners, _) = self.fleet.list_runners(false, None, 1000).await?;
             Ok(pb::GetAgentResponse {
                 agent: Some(agent_info(&self.fleet, &record, online)),
@@ -278,7 +279,7 @@ impl OperatorService for OperatorApi {
         let result = async {
             let id = parse_cloud(&request.cloud_id)?;
             if request.command.is_empty() {
-                return Err(FleetError::Invalid("give a command to run".into()));
+                return Err(RequestError::NoCommand.into());
             }
             let timeout_secs = request.timeout_secs.clamp(1, 3600);
             let timeout_secs = if request.timeout_secs == 0 { 60 } else { timeout_secs };
@@ -302,7 +303,7 @@ impl OperatorService for OperatorApi {
                     stderr: result.stderr,
                     truncated: result.truncated,
                 }),
-                _ => Err(FleetError::Internal("the agent answered something else".into())),
+                _ => Err(FleetError::Internal("the agent answered something else")),
             }
         }
         .await;

@@ -1,9 +1,12 @@
 //! ShoesService: turns wire messages into fleet calls and back, and counts results. It is
-//! myshoes' API: AddInstance and DeleteInstance only.
+//! myshoes' API: AddInstance and DeleteInstance only. Names, labels, sizes, resource types
+//! and cloud ids are checked here, at the edge; the fleet gets typed values.
 
+use crate::fleet::error::RequestError;
 use crate::fleet::instances::AddRequest;
 use crate::fleet::{Fleet, FleetError};
 use crate::store::RunnerRecord;
+use shoes_vz_model::{CloudId, ResourceType, RunnerName};
 use shoes_vz_protocol::shoes::v1 as pb;
 use shoes_vz_protocol::shoes::v1::shoes_service_server::ShoesService;
 use shoes_vz_protocol::SHOES_TYPE;
@@ -44,22 +47,16 @@ impl ShoesService for ShoesApi {
         &self,
         request: Request<pb::AddInstanceRequest>,
     ) -> Result<Response<pb::AddInstanceResponse>, Status> {
-        let request = request.into_inner();
-        let result = self
-            .fleet
-            .add_instance(AddRequest {
-                runner_name: request.runner_name,
-                setup_script: request.setup_script,
-                resource_type: request.resource_type,
-                labels: request.labels,
-            })
-            .await
-            .map(|outcome| pb::AddInstanceResponse {
-                cloud_id: outcome.cloud_id.to_string(),
-                shoes_type: SHOES_TYPE.to_string(),
-                ip_address: outcome.ip_address,
-                resource_type: outcome.resource_type.as_i32(),
-            });
+        let result = match parse_add(request.into_inner()) {
+            Ok(request) => self.fleet.add_instance(request).await,
+            Err(error) => Err(error.into()),
+        };
+        let result = result.map(|outcome| pb::AddInstanceResponse {
+            cloud_id: outcome.cloud_id.to_string(),
+            shoes_type: SHOES_TYPE.to_string(),
+            ip_address: outcome.ip_address,
+            resource_type: outcome.resource_type.as_i32(),
+        });
         self.finish("AddInstance", result)
     }
 
@@ -68,13 +65,57 @@ impl ShoesService for ShoesApi {
         request: Request<pb::DeleteInstanceRequest>,
     ) -> Result<Response<pb::DeleteInstanceResponse>, Status> {
         let request = request.into_inner();
-        let result = self
-            .fleet
-            .delete_instance(&request.cloud_id)
-            .await
-            .map(|()| pb::DeleteInstanceResponse {});
+        let result = match parse_cloud_id(&request.cloud_id) {
+            Ok(cloud_id) => self.fleet.delete_instance(&cloud_id).await,
+            Err(error) => Err(error),
+        };
+        let result = result.map(|()| pb::DeleteInstanceResponse {});
         self.finish("DeleteInstance", result)
     }
+}
+
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_LEN: usize = 256;
+const MAX_SETUP_SCRIPT: usize = 1024 * 1024;
+
+/// AddInstance's fields, checked: a name fit for paths and logs, at most 64 labels of at most
+/// 256 bytes without control characters, a script of at most 1 MiB, a resource type myshoes
+/// defines.
+pub(crate) fn parse_add(request: pb::AddInstanceRequest) -> Result<AddRequest, RequestError> {
+    let runner_name = RunnerName::parse(&request.runner_name)?;
+    if request.labels.len() > MAX_LABELS {
+        return Err(RequestError::TooManyLabels {
+            count: request.labels.len(),
+            max: MAX_LABELS,
+        });
+    }
+    if let Some(bad) = request
+        .labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > MAX_LABEL_LEN || l.chars().any(char::is_control))
+    {
+        return Err(RequestError::BadLabel {
+            shown: bad.chars().take(40).collect(),
+            max: MAX_LABEL_LEN,
+        });
+    }
+    if request.setup_script.len() > MAX_SETUP_SCRIPT {
+        return Err(RequestError::ScriptTooLarge {
+            size: request.setup_script.len(),
+            max: MAX_SETUP_SCRIPT,
+        });
+    }
+    Ok(AddRequest {
+        runner_name,
+        setup_script: request.setup_script,
+        resource_type: ResourceType::from_i32(request.resource_type)?,
+        labels: request.labels,
+    })
+}
+
+/// A cloud id this server could have issued; anything else is NotFound (myshoes: "gone").
+pub(crate) fn parse_cloud_id(cloud_id: &str) -> Result<CloudId, FleetError> {
+    CloudId::parse(cloud_id).map_err(FleetError::MalformedCloudId)
 }
 
 pub(crate) fn runner_info(r: &RunnerRecord, agent_hostname: &str) -> pb::RunnerInfo {

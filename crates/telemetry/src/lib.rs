@@ -1,6 +1,6 @@
 //! What every shoes-vz binary does at its edge: logging (tracing to stderr, pretty or JSON
-//! lines, filtered by `RUST_LOG`, default `info`), reading its TOML config, waiting for a stop
-//! signal.
+//! lines, filtered by `RUST_LOG`, default `info`), errors as one line of text with their causes,
+//! reading its TOML config, waiting for a stop signal.
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,6 +9,19 @@ pub enum LogFormat {
     #[default]
     Pretty,
     Json,
+}
+
+/// `error: cause: cause…` on one line, for errors that travel as text (gRPC statuses, reports,
+/// log fields).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Installs the global subscriber; a second call is a no-op (tests start several components).
@@ -44,4 +57,25 @@ pub async fn wait_for_stop_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot save the runner")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_is_on_the_line() {
+        let error = Outer(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "permission denied",
+        ));
+        assert_eq!(
+            error_chain(&error),
+            "cannot save the runner: permission denied"
+        );
+    }
 }

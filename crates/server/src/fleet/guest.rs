@@ -17,15 +17,15 @@ impl Fleet {
     ) -> Result<pb::guest_reply::Reply, FleetError> {
         let (id, answer) = {
             let mut state = self.lock();
-            let entry = state.runners.get(runner_id).ok_or_else(|| {
-                FleetError::NotFound(format!("runner {} is not live", runner_id.cloud_id()))
-            })?;
+            let entry = state
+                .runners
+                .get(runner_id)
+                .ok_or_else(|| FleetError::NotLive(runner_id.cloud_id()))?;
             if !entry.record.state.holds_slot() || entry.record.state == RunnerState::TearingDown {
-                return Err(FleetError::FailedPrecondition(format!(
-                    "runner {} is {}: there is no VM to reach",
-                    runner_id.cloud_id(),
-                    entry.record.state
-                )));
+                return Err(FleetError::NoVm {
+                    cloud_id: runner_id.cloud_id(),
+                    state: entry.record.state,
+                });
             }
             let agent_id = entry.record.agent_id.clone();
             state.next_guest_request += 1;
@@ -47,10 +47,7 @@ impl Fleet {
                 .filter(|a| a.ready())
                 .and_then(|a| a.push(message));
             if pushed.is_none() {
-                return Err(FleetError::Unavailable(format!(
-                    "the agent of runner {} is offline; retry when it is back",
-                    runner_id.cloud_id()
-                )));
+                return Err(FleetError::AgentOffline(runner_id.cloud_id()));
             }
             state.guest_calls.insert(id, reply);
             (id, answer)
@@ -61,16 +58,12 @@ impl Fleet {
             Ok(Ok(pb::GuestReply {
                 reply: Some(pb::guest_reply::Reply::Error(error)),
                 ..
-            })) => Err(FleetError::FailedPrecondition(error)),
+            })) => Err(FleetError::OnAgent(error)),
             Ok(Ok(pb::GuestReply {
                 reply: Some(reply), ..
             })) => Ok(reply),
-            Ok(Ok(_)) | Ok(Err(_)) => Err(FleetError::Unavailable(
-                "the agent went away before answering; retry".into(),
-            )),
-            Err(_) => Err(FleetError::Deadline(format!(
-                "the agent did not answer within {timeout:?}"
-            ))),
+            Ok(Ok(_)) | Ok(Err(_)) => Err(FleetError::AgentGone),
+            Err(_) => Err(FleetError::AgentTimeout(timeout)),
         }
     }
 

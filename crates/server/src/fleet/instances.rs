@@ -25,15 +25,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
 
-const MAX_LABELS: usize = 64;
-const MAX_LABEL_LEN: usize = 256;
-const MAX_SETUP_SCRIPT: usize = 1024 * 1024;
-
+/// An AddInstance request whose name, labels and size were checked at the API's edge
+/// (`shoes_api`).
 pub struct AddRequest {
-    pub runner_name: String,
+    pub runner_name: RunnerName,
     /// Holds a GitHub registration token: never logged, never in an error.
     pub setup_script: String,
-    pub resource_type: i32,
+    pub resource_type: ResourceType,
     pub labels: Vec<String>,
 }
 
@@ -72,7 +70,7 @@ impl Fleet {
         self.writer
             .wait_for_room(self.config.timeouts.queue_wait)
             .await
-            .map_err(|e| FleetError::Unavailable(e.to_string()))?;
+            .map_err(FleetError::StoreWrite)?;
         let deadline = tokio::time::Instant::now() + self.config.timeouts.add_instance;
         let (waiter, mut signal) = match self.admit(&plan, arrived)? {
             Admission::Runner(waiter, signal) => (waiter, signal),
@@ -92,42 +90,29 @@ impl Fleet {
         .await;
         match waited {
             Ok(seen) if seen.state.is_ready() => Ok(self.answer(waiter.runner_id())),
-            Ok(seen) => {
-                let detail = if seen.error.is_empty() {
+            Ok(seen) => Err(FleetError::RunnerFailed {
+                cloud_id,
+                reason: if seen.error.is_empty() {
                     format!("it became {}", seen.state)
                 } else {
                     seen.error
-                };
-                Err(FleetError::RunnerFailed(format!(
-                    "runner {cloud_id} failed before SSH was ready and is being destroyed: {detail}"
-                )))
-            }
-            Err(_) => Err(FleetError::Deadline(format!(
-                "runner {cloud_id} was not ssh-ready within {:?}; it goes on booting, and a retry with the same runner_name waits for it",
-                self.config.timeouts.add_instance
-            ))),
+                },
+            }),
+            Err(_) => Err(FleetError::NotReadyInTime {
+                cloud_id,
+                waited: self.config.timeouts.add_instance,
+            }),
         }
     }
 
     fn plan_add(&self, request: AddRequest) -> Result<AddPlan, FleetError> {
-        let name = RunnerName::parse(&request.runner_name)
-            .map_err(|e| FleetError::Invalid(e.to_string()))?;
-        validate_labels(&request.labels)?;
-        if request.setup_script.len() > MAX_SETUP_SCRIPT {
-            return Err(FleetError::Invalid(format!(
-                "setup_script is {} bytes; at most {MAX_SETUP_SCRIPT} are accepted",
-                request.setup_script.len()
-            )));
-        }
-        let requested = ResourceType::from_i32(request.resource_type)
-            .map_err(|e| FleetError::Invalid(e.to_string()))?;
         let (served, spec) = self
             .config
             .resources
-            .resolve(requested)
-            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+            .resolve(request.resource_type)
+            .map_err(|e| FleetError::Request(e.into()))?;
         Ok(AddPlan {
-            name,
+            name: request.runner_name,
             setup_script: request.setup_script,
             labels: request.labels,
             served,
@@ -168,22 +153,19 @@ impl Fleet {
                         .runners
                         .get(&runner_id)
                         .map(|e| e.signal.subscribe())
-                        .ok_or_else(|| FleetError::Internal("a placed runner vanished".into()))?;
+                        .ok_or(FleetError::Internal("a placed runner vanished"))?;
                     return Ok(Admission::Runner(
                         RunnerWaiter::counted(self, runner_id),
                         signal,
                     ));
                 }
-                Err(error @ PlacementError::NeverFits(_)) => {
-                    return Err(FleetError::Invalid(error.to_string()))
-                }
-                Err(error @ PlacementError::NoAgents) => {
-                    return Err(FleetError::Unavailable(error.to_string()))
+                Err(error @ (PlacementError::NeverFits(_) | PlacementError::NoAgents)) => {
+                    return Err(error.into())
                 }
                 Err(PlacementError::NoRoomNow(_)) => {}
             }
         } else if let Err(error @ PlacementError::NeverFits(_)) = self.try_place(&state, plan) {
-            return Err(FleetError::Invalid(error.to_string()));
+            return Err(error.into());
         }
         let (queue_id, placed) = state.queue.push(Arc::clone(plan), arrived);
         tracing::info!(runner_name = %plan.name, queued = state.queue.waiting_calls(), "no room now; AddInstance queued");
@@ -218,9 +200,7 @@ impl Fleet {
                     Err(PlacementError::NoRoomNow(why)) => why,
                     _ => "every matching agent is full, offline or cordoned".into(),
                 };
-                return Err(FleetError::NoCapacity(format!(
-                    "no slot for this request freed up within queue_wait ({limit:?}): {why}"
-                )));
+                return Err(FleetError::NoCapacity { waited: limit, why });
             }
         };
         match placed {
@@ -231,18 +211,11 @@ impl Fleet {
                     .get(&runner_id)
                     .map(|e| e.signal.subscribe());
                 let waiter = queued.into_runner_waiter(runner_id.clone());
-                let signal = signal.ok_or_else(|| {
-                    FleetError::Unavailable(format!(
-                        "runner {} was placed but is already gone; retry",
-                        runner_id.cloud_id()
-                    ))
-                })?;
+                let signal = signal.ok_or_else(|| FleetError::Vanished(runner_id.cloud_id()))?;
                 Ok((waiter, signal))
             }
-            Some(Placed::Refused(reason)) => Err(FleetError::Invalid(reason)),
-            None => Err(FleetError::Unavailable(
-                "the server is shutting down; retry".into(),
-            )),
+            Some(Placed::Refused(never)) => Err(never.into()),
+            None => Err(FleetError::ShuttingDown),
         }
     }
 
@@ -412,31 +385,20 @@ impl Fleet {
 
     /// Answers once the deletion is durably recorded; the VM goes meanwhile. A runner that
     /// ended on its own is released. Unknown or already deleted runners are NotFound.
-    pub async fn delete_instance(&self, cloud_id: &str) -> Result<(), FleetError> {
-        let cloud_id = CloudId::parse(cloud_id).map_err(|e| FleetError::NotFound(e.to_string()))?;
+    pub async fn delete_instance(&self, cloud_id: &CloudId) -> Result<(), FleetError> {
         let runner_id = cloud_id.runner_id();
         let recorded = {
             let mut state = self.lock();
             self.request_delete(&mut state, &runner_id)
         };
         if let Some(recorded) = recorded {
-            return recorded.await.map_err(|error| {
-                FleetError::Unavailable(format!(
-                    "the deletion of {cloud_id} could not be recorded ({error}); retry"
-                ))
-            });
+            return recorded.await.map_err(FleetError::StoreWrite);
         }
         self.writer.flush().await;
         match self.store.get_runner(&runner_id).await {
-            Ok(Some(_)) => Err(FleetError::NotFound(format!(
-                "runner {cloud_id} is already deleted"
-            ))),
-            Ok(None) => Err(FleetError::NotFound(format!(
-                "runner {cloud_id} was never issued by this server"
-            ))),
-            Err(e) => Err(FleetError::Unavailable(format!(
-                "cannot read the state store: {e}"
-            ))),
+            Ok(Some(_)) => Err(FleetError::AlreadyDeleted(cloud_id.clone())),
+            Ok(None) => Err(FleetError::UnknownRunner(cloud_id.clone())),
+            Err(e) => Err(FleetError::StoreRead(e)),
         }
     }
 
@@ -486,23 +448,4 @@ async fn wait_for(
             return rx.borrow().clone();
         }
     }
-}
-
-fn validate_labels(labels: &[String]) -> Result<(), FleetError> {
-    if labels.len() > MAX_LABELS {
-        return Err(FleetError::Invalid(format!(
-            "{} labels given; at most {MAX_LABELS} are accepted",
-            labels.len()
-        )));
-    }
-    if let Some(bad) = labels
-        .iter()
-        .find(|l| l.is_empty() || l.len() > MAX_LABEL_LEN || l.chars().any(char::is_control))
-    {
-        return Err(FleetError::Invalid(format!(
-            "label {:?} is empty, longer than {MAX_LABEL_LEN} bytes or has control characters",
-            bad.chars().take(40).collect::<String>()
-        )));
-    }
-    Ok(())
 }

@@ -272,9 +272,7 @@ impl Fleet {
                 .store
                 .list_runners_page(after.as_ref().map(|(at, id)| (*at, id)), limit)
                 .await
-                .map_err(|e| {
-                    FleetError::Unavailable(format!("cannot read the state store: {e}"))
-                })?;
+                .map_err(FleetError::StoreRead)?;
             let state = self.lock();
             stored
                 .into_iter()
@@ -323,10 +321,7 @@ impl Fleet {
         id: &RunnerId,
     ) -> Result<Vec<crate::store::StateChange>, FleetError> {
         self.writer.flush().await;
-        self.store
-            .history(id)
-            .await
-            .map_err(|e| FleetError::Unavailable(format!("cannot read the state store: {e}")))
+        self.store.history(id).await.map_err(FleetError::StoreRead)
     }
 
     pub async fn get_runner(
@@ -339,9 +334,10 @@ impl Fleet {
             None => {
                 // Not in memory: read it back from the store once queued writes have landed.
                 self.writer.flush().await;
-                self.store.get_runner(id).await.map_err(|e| {
-                    FleetError::Unavailable(format!("cannot read the state store: {e}"))
-                })?
+                self.store
+                    .get_runner(id)
+                    .await
+                    .map_err(FleetError::StoreRead)?
             }
         };
         let hostnames = self.hostnames();

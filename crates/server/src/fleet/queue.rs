@@ -21,7 +21,7 @@ use tokio::sync::watch;
 pub enum Placed {
     Runner(RunnerId),
     /// The fleet changed so that the request can never be served.
-    Refused(String),
+    Refused(PlacementError),
 }
 
 struct Queued {
@@ -112,11 +112,9 @@ impl Fleet {
                     tracing::info!(runner = %runner_id, runner_name = %queued.plan.name, waited = ?queued.arrived.elapsed(), "queued request placed");
                     queued.placed.send_replace(Some(Placed::Runner(runner_id)));
                 }
-                Err(PlacementError::NeverFits(reason)) => {
+                Err(never @ PlacementError::NeverFits(_)) => {
                     if let Some(queued) = state.queue.entries.remove(index) {
-                        queued.placed.send_replace(Some(Placed::Refused(format!(
-                            "no registered template can serve this request any more: {reason}"
-                        ))));
+                        queued.placed.send_replace(Some(Placed::Refused(never)));
                     }
                 }
                 Err(PlacementError::NoRoomNow(_) | PlacementError::NoAgents) => index += 1,

@@ -1,5 +1,6 @@
 //! Agents: registration, their Sync sessions, snapshots, reconciliation and liveness.
 
+use super::error::RequestError;
 use super::{delete_command, AgentEntry, Fleet, FleetError, FleetState, Session};
 use crate::store::{now_ms, AgentRecord, TemplateRecord};
 use shoes_vz_model::ids::validate_name;
@@ -12,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 /// A session that ended because its link failed (not closed by the agent): counted with the
 /// silent ones as a missed heartbeat.
+/// The most templates an agent may announce.
+const MAX_TEMPLATES: usize = 256;
+
 pub const STREAM_BROKEN: &str = "the link failed (stream error or unanswered keepalive)";
 
 /// What an agent's Sync stream handler needs to keep its half of a session.
@@ -33,23 +37,22 @@ impl Fleet {
         peer: &str,
     ) -> Result<pb::RegisterAgentResponse, FleetError> {
         let agent_id =
-            AgentId::parse(&request.agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
+            AgentId::parse(&request.agent_id).map_err(|e| FleetError::Request(e.into()))?;
         if request.hostname.is_empty() || request.hostname.len() > 253 {
-            return Err(FleetError::Invalid(
-                "hostname must be 1-253 characters".into(),
-            ));
+            return Err(RequestError::BadHostname.into());
         }
-        if request.templates.len() > 256 {
-            return Err(FleetError::Invalid(format!(
-                "{} templates announced; at most 256 are accepted",
-                request.templates.len()
-            )));
+        if request.templates.len() > MAX_TEMPLATES {
+            return Err(RequestError::TooManyTemplates {
+                count: request.templates.len(),
+                max: MAX_TEMPLATES,
+            }
+            .into());
         }
         let capacity = request.capacity.unwrap_or_default();
         let mut templates = Vec::with_capacity(request.templates.len());
         for t in request.templates {
             validate_name("template name", &t.name, 64)
-                .map_err(|e| FleetError::Invalid(e.to_string()))?;
+                .map_err(|e| FleetError::Request(e.into()))?;
             templates.push(TemplateRecord {
                 name: t.name,
                 version: t.version,
@@ -123,15 +126,13 @@ impl Fleet {
         presented: &str,
         peer: &str,
     ) -> Result<SessionHandle, FleetError> {
-        let agent_id = AgentId::parse(agent_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        let agent_id = AgentId::parse(agent_id).map_err(|e| FleetError::Request(e.into()))?;
         let mut state = self.lock();
         self.verify_agent(&state, &agent_id, presented, peer)?;
         state.next_session += 1;
         let session_id = state.next_session;
         let Some(entry) = state.agents.get_mut(&agent_id) else {
-            return Err(FleetError::FailedPrecondition(format!(
-                "agent {agent_id} is not registered: call RegisterAgent first"
-            )));
+            return Err(FleetError::NotRegistered(agent_id));
         };
         if !entry.record.credential_confirmed {
             // Its first Sync with its credential: the enrollment token is spent for it.

@@ -8,6 +8,7 @@
 //! address, counted, and never touches the live session. A revoked agent is refused for good
 //! and its runners are destroyed.
 
+use super::error::AgentRefusal;
 use super::{delete_command, AgentEntry, Fleet, FleetError, FleetState};
 use crate::credentials;
 use crate::store::{now_ms, AgentRecord};
@@ -45,9 +46,7 @@ impl Fleet {
                 return Err(self.refuse(
                     agent_id,
                     peer,
-                    FleetError::PermissionDenied(format!(
-                        "agent {agent_id} was revoked by an operator; give the host a new identity (delete agent-id and agent-credential in its data dir) and enroll it again"
-                    )),
+                    FleetError::Refused(AgentRefusal::Revoked(agent_id.clone())),
                 ));
             }
             if credentials::matches(presented, &record.credential_hash) {
@@ -70,11 +69,11 @@ impl Fleet {
             });
         }
         let why = if enrolled_for_good {
-            format!("agent {agent_id} is enrolled: it must present its own credential (kept in its data dir), not the enrollment token or another agent's")
+            AgentRefusal::NotItsCredential(agent_id.clone())
         } else {
-            format!("agent {agent_id} presented neither the fleet's enrollment token (SHOESVZ_AGENT_TOKEN) nor its own credential")
+            AgentRefusal::NoValidToken(agent_id.clone())
         };
-        Err(self.refuse(agent_id, peer, FleetError::Unauthenticated(why)))
+        Err(self.refuse(agent_id, peer, FleetError::Refused(why)))
     }
 
     /// Sync: only the agent's own credential.
@@ -86,21 +85,13 @@ impl Fleet {
         peer: &str,
     ) -> Result<(), FleetError> {
         let Some(record) = state.agents.get(agent_id).map(|a| &a.record) else {
-            return Err(self.refuse(
-                agent_id,
-                peer,
-                FleetError::FailedPrecondition(format!(
-                    "agent {agent_id} is not registered: call RegisterAgent first"
-                )),
-            ));
+            return Err(self.refuse(agent_id, peer, FleetError::NotRegistered(agent_id.clone())));
         };
         if record.revoked {
             return Err(self.refuse(
                 agent_id,
                 peer,
-                FleetError::PermissionDenied(format!(
-                    "agent {agent_id} was revoked by an operator"
-                )),
+                FleetError::Refused(AgentRefusal::Revoked(agent_id.clone())),
             ));
         }
         if credentials::matches(presented, &record.credential_hash) {
@@ -109,9 +100,7 @@ impl Fleet {
         Err(self.refuse(
             agent_id,
             peer,
-            FleetError::Unauthenticated(format!(
-                "Sync for agent {agent_id} needs that agent's own credential"
-            )),
+            FleetError::Refused(AgentRefusal::SyncNeedsCredential(agent_id.clone())),
         ))
     }
 
@@ -126,9 +115,7 @@ impl Fleet {
     pub fn revoke_agent(&self, agent_id: &AgentId) -> Result<AgentRecord, FleetError> {
         let mut state = self.lock();
         let Some(entry) = state.agents.get_mut(agent_id) else {
-            return Err(FleetError::NotFound(format!(
-                "agent {agent_id} is not known to this server"
-            )));
+            return Err(FleetError::UnknownAgent(agent_id.clone()));
         };
         entry.record.revoked = true;
         entry.record.online = false;
@@ -177,9 +164,7 @@ impl Fleet {
     ) -> Result<AgentRecord, FleetError> {
         let mut state = self.lock();
         let Some(entry) = state.agents.get_mut(agent_id) else {
-            return Err(FleetError::NotFound(format!(
-                "agent {agent_id} is not known to this server"
-            )));
+            return Err(FleetError::UnknownAgent(agent_id.clone()));
         };
         if entry.record.cordoned != cordoned {
             entry.record.cordoned = cordoned;
