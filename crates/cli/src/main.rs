@@ -2,6 +2,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use shoes_vz_cli::commands::{agents, bench, completions, dev, doctor, runners, template};
+use shoes_vz_cli::output::Output;
 use shoes_vz_telemetry::{init_logging, LogFormat};
 
 #[derive(Parser, Debug)]
@@ -13,6 +14,10 @@ use shoes_vz_telemetry::{init_logging, LogFormat};
 struct Cli {
     #[arg(long, global = true, env = "SHOESVZ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     log_format: LogFormat,
+    /// `table` for people; `json` for scripts: only JSON on stdout, progress and warnings on
+    /// stderr (each command's --help says what its JSON holds).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,8 +42,13 @@ enum Command {
     #[command(subcommand)]
     Template(template::TemplateCommand),
     /// Check this machine's prerequisites for the configured backend (exit 1 on any FAIL).
+    ///
+    /// --output json: {"backend", "ok", "failed": N, "checks": [{"name", "status":
+    /// "ok"|"warn"|"fail", "detail", "fix"?}]}, with the same exit status.
     Doctor(doctor::DoctorArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// --output does not apply: the script is the output.
     Completions(completions::CompletionsArgs),
 }
 
@@ -46,15 +56,16 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let output = cli.output;
     match cli.command {
         Command::Dev(args) => dev::run(args).await,
-        Command::Runners(command) => runners::run(command).await,
-        Command::Agents(command) => agents::run(command).await,
-        Command::Templates(command) => agents::run_templates(command).await,
+        Command::Runners(command) => runners::run(command, output).await,
+        Command::Agents(command) => agents::run(command, output).await,
+        Command::Templates(command) => agents::run_templates(command, output).await,
         Command::Bench(command) => bench::run(command).await,
-        Command::Template(command) => template::run(command).await,
+        Command::Template(command) => template::run(command, output).await,
         Command::Doctor(args) => {
-            let status = doctor::run(args).await?;
+            let status = doctor::run(args, output).await?;
             std::process::exit(status)
         }
         Command::Completions(args) => completions::run(&args, Cli::command()),

@@ -11,12 +11,7 @@ pub mod template_vz;
 
 use std::time::Duration;
 
-/// How a command prints what it found.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
+pub use crate::output::Output;
 
 /// Where the commands that talk to a running server find it.
 #[derive(clap::Args, Debug, Clone)]
