@@ -62,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Runners(command) => runners::run(command, output).await,
         Command::Agents(command) => agents::run(command, output).await,
         Command::Templates(command) => agents::run_templates(command, output).await,
-        Command::Bench(command) => bench::run(command).await,
+        Command::Bench(command) => bench::run(command, output).await,
         Command::Template(command) => template::run(command, output).await,
         Command::Doctor(args) => {
             let status = doctor::run(args, output).await?;

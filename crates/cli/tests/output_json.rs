@@ -361,6 +361,137 @@ async fn doctor_json_counts_failed_checks_and_keeps_the_exit_status() {
 }
 
 #[tokio::test]
+async fn bench_control_plane_prints_one_json_object() {
+    let mut command = shoes_vz();
+    command.args([
+        "bench",
+        "control-plane",
+        "--runners",
+        "2",
+        "--agents",
+        "1",
+        "--max-runners",
+        "2",
+        "--boot-delay-ms",
+        "10",
+        "--output",
+        "json",
+    ]);
+    let (output, stdout, stderr) = finish(command, "", Duration::from_secs(120)).await;
+    let report = parse(&["bench", "control-plane"], &output, &stdout, &stderr);
+    assert_keys(
+        &report,
+        &[
+            "runners",
+            "agents",
+            "max_runners",
+            "boot_delay_ms",
+            "wall_s",
+            "add_instance_overhead_ms",
+            "command_push_ms",
+            "delete_instance_ms",
+        ],
+    );
+    let add = &report["add_instance_overhead_ms"];
+    assert_keys(add, &["p50", "p95", "samples"]);
+    assert_eq!(add["samples"], 2);
+    assert!(add["p50"].is_number(), "{add}");
+}
+
+/// Needs a reflink filesystem (SHOESVZ_TEST_REFLINK_DIR, as tests/template_vz.rs).
+#[tokio::test]
+async fn bench_clone_prints_one_json_object() {
+    let Some(root) = std::env::var_os("SHOESVZ_TEST_REFLINK_DIR") else {
+        shoes_vz_test_support::prerequisite_missing(
+            "bench clone --output json",
+            "set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs/APFS (run .ci/reflink-fs.sh as root)",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir_in(root).expect("tempdir on the reflink fs");
+    let mut command = shoes_vz();
+    command.args(["bench", "clone", "--runs", "1", "--output", "json", "--dir"]);
+    command.arg(dir.path());
+    let (output, stdout, stderr) = finish(command, "", Duration::from_secs(300)).await;
+    let report = parse(&["bench", "clone"], &output, &stdout, &stderr);
+    assert_keys(
+        &report,
+        &["runs", "filesystem", "templates", "large_over_small_p50"],
+    );
+    let templates = report["templates"].as_array().expect("templates");
+    assert_eq!(templates.len(), 2, "1 GiB and 64 GiB: {report:#}");
+    for row in templates {
+        assert_keys(
+            row,
+            &["template", "shoes_vz_ms", "cp_ms", "shoes_vz_over_cp_p50"],
+        );
+        assert_eq!(row["shoes_vz_ms"]["samples"], 1);
+    }
+}
+
+/// Runs the stand-in runner through the plugin: both binaries must be built beside shoes-vz
+/// (`cargo test --workspace` builds them; else `cargo build -p shoes-vz-plugin -p
+/// shoes-vz-standin-runner`).
+#[tokio::test]
+async fn bench_jobs_prints_one_json_object() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_shoes-vz"))
+        .parent()
+        .expect("target dir");
+    let missing: Vec<&str> = ["shoes-vz-plugin", "shoes-vz-standin-runner"]
+        .into_iter()
+        .filter(|name| !bin_dir.join(name).is_file())
+        .collect();
+    if !missing.is_empty() {
+        shoes_vz_test_support::prerequisite_missing(
+            &format!("bench jobs --output json needs {}", missing.join(", ")),
+            "cargo build -p shoes-vz-plugin -p shoes-vz-standin-runner (or cargo test --workspace)",
+        );
+        return;
+    }
+    let mut command = shoes_vz();
+    command.args([
+        "bench",
+        "jobs",
+        "--jobs",
+        "1",
+        "--job-seconds",
+        "1",
+        "--slots",
+        "1",
+        "--delete-interval",
+        "1s",
+        "--output",
+        "json",
+    ]);
+    let (output, stdout, stderr) = finish(command, "", Duration::from_secs(300)).await;
+    let report = parse(&["bench", "jobs"], &output, &stdout, &stderr);
+    assert_keys(
+        &report,
+        &["jobs", "job_seconds", "slots", "delete_interval_s", "modes"],
+    );
+    let modes = report["modes"].as_array().expect("modes");
+    assert_eq!(modes.len(), 2, "with and without reclaiming: {report:#}");
+    for mode in modes {
+        assert_keys(
+            mode,
+            &[
+                "reclaim_finished",
+                "jobs",
+                "wall_s",
+                "jobs_per_min",
+                "adds_per_job",
+                "queue_wait_ms",
+                "slot_idle_ms",
+            ],
+        );
+    }
+    assert!(
+        stderr.contains("jobs: 1 jobs of 1 s"),
+        "the announcement: {stderr}"
+    );
+}
+
+#[tokio::test]
 async fn completions_ignore_the_output_flag() {
     let mut command = shoes_vz();
     command.args(["completions", "bash", "--output", "json"]);
