@@ -25,6 +25,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run an all-in-one local cluster (server + agent, embedded SQLite, loopback only).
+    ///
+    /// --output json: once up, one line {"event": "up", "backend", "grpc_addr", "metrics_url",
+    /// "data_dir", "tokens_file" (an env file, mode 0600, with the tokens: never printed),
+    /// "reused_state"}; after --demo, one line {"event": "demo", "runners": [{"path",
+    /// "add_instance_ms", "delete_instance_ms", "timings_ms"}], "add_instance_ms": {path:
+    /// percentiles}}.
     Dev(dev::DevArgs),
     /// Look into runners on a server (list, show, ssh, logs) or delete one.
     #[command(subcommand)]
@@ -58,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log_format);
     let output = cli.output;
     match cli.command {
-        Command::Dev(args) => dev::run(args).await,
+        Command::Dev(args) => dev::run(args, output).await,
         Command::Runners(command) => runners::run(command, output).await,
         Command::Agents(command) => agents::run(command, output).await,
         Command::Templates(command) => agents::run_templates(command, output).await,

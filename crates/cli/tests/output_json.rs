@@ -1,8 +1,8 @@
 //! `--output json` of every command family through the real `shoes-vz` binary: stdout parses
 //! as the JSON each command's `--help` documents (with its keys), and the lines for people
 //! stay on stderr. Server-backed commands run against an in-process cluster (test backend).
-//! `template import-tart` is in tests/template_vz.rs, build-test-guest and warm in
-//! tests/template_qemu_json.rs.
+//! `dev` has its own file (tests/dev.rs); `template import-tart` is in tests/template_vz.rs,
+//! build-test-guest and warm in tests/template_qemu_json.rs.
 
 mod common;
 

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod bench;
 pub mod completions;
 pub mod dev;
+pub mod dev_state;
 pub mod doctor;
 pub mod runners;
 pub mod template;
