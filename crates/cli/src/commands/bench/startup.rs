@@ -225,7 +225,7 @@ fn to_json(
         .lines()
         .find(|l| l.starts_with("shoesvz_warm_start_fallbacks_total"))
         .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok());
+        .and_then(|v| v.parse::<u64>().ok());
     serde_json::json!({
         "runs": runs,
         "accel": accel::resolve(QemuConfig::default().accel).as_str(),
