@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`cluster`]: the all-in-one local cluster (server + agents in one process).
 //! - [`commands`]: one module per subcommand.
+//! - [`output`]: `--output table|json`: JSON alone on stdout, people's lines on stderr.
 //! - [`fleet_client`]: both of a server's APIs (myshoes', operators') in one client.
 //! - [`plugin_client`]: driving `shoes-vz-plugin` the way myshoes does (go-plugin protocol).
 //! - [`workspace_bin`]: finding (or building) this project's other binaries.
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod commands;
 pub mod download;
 pub mod fleet_client;
+pub mod output;
 pub mod plugin_client;
 pub mod progress;
 pub mod qemu_templates;

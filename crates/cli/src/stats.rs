@@ -1,4 +1,4 @@
-//! Percentiles over measured durations (nearest-rank).
+//! Percentiles over measured durations (nearest-rank), as table cells or JSON.
 
 use std::time::Duration;
 
@@ -11,6 +11,18 @@ pub fn percentile(samples: &[Duration], p: f64) -> Option<Duration> {
     sorted.sort();
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Whole milliseconds, for JSON (saturating; no duration here comes near the limit).
+pub fn millis(value: Duration) -> u64 {
+    u64::try_from(value.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `{"p50": ms, "p95": ms, "samples": n}` for JSON, milliseconds with fractions; the
+/// percentiles are null without samples.
+pub fn p50_p95_json(samples: &[Duration]) -> serde_json::Value {
+    let ms = |p: f64| percentile(samples, p).map(|d| d.as_secs_f64() * 1000.0);
+    serde_json::json!({"p50": ms(50.0), "p95": ms(95.0), "samples": samples.len()})
 }
 
 /// Milliseconds with two decimals, or `-` when there is nothing to show.
@@ -41,5 +53,17 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), None);
         assert_eq!(ms(None), "-");
         assert_eq!(ms(Some(Duration::from_micros(1500))), "1.50");
+    }
+
+    #[test]
+    fn json_percentiles_are_milliseconds_or_null() {
+        let samples: Vec<Duration> = (1..=20).map(Duration::from_millis).collect();
+        let json = p50_p95_json(&samples);
+        assert_eq!(json["p50"], 10.0);
+        assert_eq!(json["p95"], 19.0);
+        assert_eq!(json["samples"], 20);
+        let none = p50_p95_json(&[]);
+        assert!(none["p50"].is_null() && none["p95"].is_null(), "{none}");
+        assert_eq!(millis(Duration::from_micros(2500)), 2);
     }
 }

@@ -114,6 +114,56 @@ fn import_tart_makes_a_template_the_agent_loads() {
     );
 }
 
+/// `--output json`: the imported template as one JSON object on stdout, nothing else there.
+#[test]
+fn import_tart_prints_its_result_as_json() {
+    let Some(root) = std::env::var_os("SHOESVZ_TEST_REFLINK_DIR") else {
+        shoes_vz_test_support::prerequisite_missing(
+            "import-tart --output json",
+            "set SHOESVZ_TEST_REFLINK_DIR to a dir on XFS/btrfs/APFS (run .ci/reflink-fs.sh as root)",
+        );
+        return;
+    };
+    let root = tempfile::tempdir_in(root).expect("tempdir on the reflink fs");
+    let vm = stage_fixture(root.path());
+    let templates = root.path().join("templates");
+    let output = shoes_vz(&[
+        "template",
+        "import-tart",
+        vm.to_str().expect("utf-8"),
+        "--name",
+        "macos-json",
+        "--templates-dir",
+        templates.to_str().expect("utf-8"),
+        "--output",
+        "json",
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let imported: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON document");
+    for key in [
+        "source",
+        "name",
+        "version",
+        "dir",
+        "machine_identity",
+        "disk_format",
+        "hardware_model_supported",
+    ] {
+        assert!(imported.get(key).is_some(), "no {key:?} in {imported:#}");
+    }
+    assert_eq!(imported["name"], "macos-json");
+    assert_eq!(imported["version"], "1");
+    assert_eq!(
+        imported["dir"],
+        templates.join("macos-json-1").to_str().expect("utf-8")
+    );
+    assert_eq!(imported["machine_identity"], "per-runner");
+    if cfg!(not(target_os = "macos")) {
+        assert!(imported["hardware_model_supported"].is_null(), "{imported}");
+    }
+}
+
 /// Without reflink support the import fails with what to do, and leaves nothing behind.
 #[test]
 fn import_tart_never_falls_back_to_a_copy() {

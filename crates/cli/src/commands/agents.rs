@@ -2,6 +2,8 @@
 //! them, and taking one out of rotation (cordon, drain) or out of the fleet (revoke).
 
 use super::{Output, ServerArgs};
+use crate::human;
+use crate::output::print_json;
 use crate::progress::Progress;
 use anyhow::Context;
 use shoes_vz_protocol::client::OperatorClient;
@@ -11,33 +13,43 @@ use std::time::{Duration, Instant};
 #[derive(clap::Subcommand, Debug)]
 pub enum AgentsCommand {
     /// Every agent: online/offline/cordoned, last seen, slots, CPU and memory free, templates.
+    ///
+    /// --output json: an array of agent records ({"agent_id", "hostname", "status",
+    /// "cordoned", "last_seen_ms", "slots": {"used", "total"}, "cpu_cores", "memory_mib",
+    /// "templates", "version", "backend", "registered_at_ms"}).
     List {
         #[command(flatten)]
         server: ServerArgs,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
     /// One agent and its live runners.
+    ///
+    /// --output json: {"agent": <agent record as in `agents list`>, "runners": [<runner
+    /// record as in `runners list`>]}.
     Show {
         #[command(flatten)]
         server: ServerArgs,
         agent_id: String,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
     /// No new runners on this agent; its live runners finish. Survives restarts.
+    ///
+    /// --output json: the agent's record afterwards (as in `agents list`).
     Cordon {
         #[command(flatten)]
         server: ServerArgs,
         agent_id: String,
     },
     /// The agent takes new runners again.
+    ///
+    /// --output json: the agent's record afterwards (as in `agents list`).
     Uncordon {
         #[command(flatten)]
         server: ServerArgs,
         agent_id: String,
     },
     /// Cordon, then (with --wait) wait until the agent runs nothing: for maintenance.
+    ///
+    /// Progress goes to stderr (a spinner on a terminal, plain lines otherwise). --output json:
+    /// the agent's record once cordoned, or with --wait once drained (as in `agents list`).
     Drain {
         #[command(flatten)]
         server: ServerArgs,
@@ -50,6 +62,8 @@ pub enum AgentsCommand {
         timeout: Duration,
     },
     /// End an agent's access for good: its credential stops working, its runners are destroyed.
+    ///
+    /// --output json: the agent's record afterwards (as in `agents list`).
     Revoke {
         #[command(flatten)]
         server: ServerArgs,
@@ -60,28 +74,25 @@ pub enum AgentsCommand {
 #[derive(clap::Subcommand, Debug)]
 pub enum TemplatesCommand {
     /// Every agent's templates: name, version, labels (with OS and arch), warm or not.
+    ///
+    /// --output json: an array, one object per agent and template: {"agent_id", "hostname",
+    /// "name", "version", "labels", "os", "arch", "warm"}.
     List {
         #[command(flatten)]
         server: ServerArgs,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
 }
 
-pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
+pub async fn run(command: AgentsCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        AgentsCommand::List { server, output } => {
+        AgentsCommand::List { server } => {
             let agents = list(&mut server.connect().await?).await?;
             match output {
                 Output::Json => print_json(&agents.iter().map(agent_json).collect::<Vec<_>>())?,
                 Output::Table => print_agents(&agents),
             }
         }
-        AgentsCommand::Show {
-            server,
-            agent_id,
-            output,
-        } => {
+        AgentsCommand::Show { server, agent_id } => {
             let shown = server
                 .connect()
                 .await?
@@ -107,17 +118,23 @@ pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
         }
         AgentsCommand::Cordon { server, agent_id } => {
             let agent = cordon(&mut server.connect().await?, &agent_id, true).await?;
-            println!(
-                "{} ({}) is cordoned: no new runners; {} running",
-                agent.agent_id, agent.hostname, agent.slots_used
-            );
+            match output {
+                Output::Json => print_json(&agent_json(&agent))?,
+                Output::Table => println!(
+                    "{} ({}) is cordoned: no new runners; {} running",
+                    agent.agent_id, agent.hostname, agent.slots_used
+                ),
+            }
         }
         AgentsCommand::Uncordon { server, agent_id } => {
             let agent = cordon(&mut server.connect().await?, &agent_id, false).await?;
-            println!(
-                "{} ({}) takes new runners again",
-                agent.agent_id, agent.hostname
-            );
+            match output {
+                Output::Json => print_json(&agent_json(&agent))?,
+                Output::Table => println!(
+                    "{} ({}) takes new runners again",
+                    agent.agent_id, agent.hostname
+                ),
+            }
         }
         AgentsCommand::Drain {
             server,
@@ -126,13 +143,19 @@ pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
             timeout,
         } => {
             let mut client = server.connect().await?;
-            let agent = cordon(&mut client, &agent_id, true).await?;
-            println!(
+            let mut agent = cordon(&mut client, &agent_id, true).await?;
+            human!(
+                output,
                 "{} ({}) is cordoned; {} runner(s) to finish",
-                agent.agent_id, agent.hostname, agent.slots_used
+                agent.agent_id,
+                agent.hostname,
+                agent.slots_used
             );
             if wait {
-                drain_wait(&mut client, &agent_id, timeout).await?;
+                agent = drain_wait(&mut client, &agent_id, timeout).await?;
+            }
+            if output.is_json() {
+                print_json(&agent_json(&agent))?;
             }
         }
         AgentsCommand::Revoke { server, agent_id } => {
@@ -142,18 +165,21 @@ pub async fn run(command: AgentsCommand) -> anyhow::Result<()> {
                 .revoke_agent(op::RevokeAgentRequest { agent_id })
                 .await?
                 .into_inner();
-            println!(
-                "{} ({}) is revoked: its credential no longer works and its runners are destroyed",
-                agent.agent_id, agent.hostname
-            );
+            match output {
+                Output::Json => print_json(&agent_json(&agent))?,
+                Output::Table => println!(
+                    "{} ({}) is revoked: its credential no longer works and its runners are destroyed",
+                    agent.agent_id, agent.hostname
+                ),
+            }
         }
     }
     Ok(())
 }
 
-pub async fn run_templates(command: TemplatesCommand) -> anyhow::Result<()> {
+pub async fn run_templates(command: TemplatesCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        TemplatesCommand::List { server, output } => {
+        TemplatesCommand::List { server } => {
             let agents = list(&mut server.connect().await?).await?;
             match output {
                 Output::Json => {
@@ -217,12 +243,12 @@ async fn cordon(
         .into_inner())
 }
 
-/// Waits until the agent runs nothing, showing progress.
+/// Waits until the agent runs nothing, showing progress; returns its drained record.
 async fn drain_wait(
     client: &mut OperatorClient,
     agent_id: &str,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<op::AgentInfo> {
     let progress = Progress::new(&format!("draining {agent_id}"));
     let started = Instant::now();
     let mut last = None;
@@ -244,7 +270,7 @@ async fn drain_wait(
                 "{agent_id} is drained after {:.0?}: cordoned, running nothing",
                 started.elapsed()
             ));
-            return Ok(());
+            return Ok(agent);
         }
         if started.elapsed() > timeout {
             progress.finish("gave up waiting");
@@ -326,9 +352,4 @@ fn print_agents(agents: &[op::AgentInfo]) {
     if agents.is_empty() {
         println!("(no agents)");
     }
-}
-
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
 }

@@ -1,10 +1,14 @@
 //! `shoes-vz dev`: the all-in-one local cluster (server + agent, embedded SQLite, loopback
 //! only) in the foreground, optionally taking a few runners through their whole life.
+//! What it keeps between runs, and starting clean: `dev_state`.
 
+use super::dev_state;
 use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::fleet_client::FleetClient;
+use crate::human;
+use crate::output::{print_json_line, Output};
 use crate::plugin_client::PluginHost;
-use crate::stats::{ms, percentile};
+use crate::stats::{millis, ms, p50_p95_json, percentile};
 use crate::workspace_bin::find_or_build;
 use anyhow::Context;
 use shoes_vz_agent::config::BackendKind;
@@ -33,9 +37,16 @@ pub struct DevArgs {
     /// Prometheus /metrics listen address (loopback only).
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_listen: SocketAddr,
-    /// State, templates and runner bundles [default: <temp dir>/shoes-vz-dev].
+    /// State, templates and runner bundles [default: <temp dir>/shoes-vz-dev, i.e.
+    /// $TMPDIR/shoes-vz-dev]. A run continues the state it finds there (and says so in the
+    /// default dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Start clean: forget the state an earlier run left in the default data dir (database,
+    /// agents, runner bundles) before starting; the built templates are kept (a cache). Only
+    /// for the default dir: with --data-dir, remove what you want yourself.
+    #[arg(long, conflicts_with = "data_dir")]
+    fresh: bool,
     /// Bearer token clients must present; a random one is made when unset.
     #[arg(long, env = "SHOESVZ_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -56,7 +67,7 @@ pub struct DevArgs {
     exit_after_demo: bool,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub async fn run(args: DevArgs, output: Output) -> anyhow::Result<()> {
     for (what, addr) in [
         ("--listen", args.listen),
         ("--metrics-listen", args.metrics_listen),
@@ -67,9 +78,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| std::env::temp_dir().join("shoes-vz-dev"));
+    let (data_dir, reused) = match args.data_dir {
+        Some(dir) => {
+            let reused = !dev_state::earlier_state(&dir).is_empty();
+            (dir, reused)
+        }
+        None => {
+            let dir = dev_state::default_data_dir();
+            (dir.clone(), default_dir_state(&dir, args.fresh, output)?)
+        }
+    };
     let vz_templates = args
         .templates_dir
         .clone()
@@ -96,6 +114,100 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await?;
 
     let addr = cluster.server.grpc_addr;
+    let tokens_file = dev_state::write_tokens(
+        &data_dir,
+        &addr.to_string(),
+        &token,
+        &cluster.options.operator_token,
+    )?;
+    let metrics_url = cluster
+        .server
+        .metrics_addr
+        .map(|metrics| format!("http://{metrics}/metrics"));
+    if output.is_json() {
+        // Never a token itself: scripts read them from the tokens file.
+        print_json_line(&serde_json::json!({
+            "event": "up",
+            "backend": backend.as_str(),
+            "grpc_addr": addr.to_string(),
+            "metrics_url": metrics_url,
+            "data_dir": data_dir,
+            "tokens_file": tokens_file,
+            "reused_state": reused,
+        }))?;
+        if backend == BackendKind::Test {
+            eprintln!(
+                "note: the test backend's VMs are loopback SSH servers; they isolate nothing"
+            );
+        }
+    } else {
+        print_up(&cluster, backend, &data_dir, &tokens_file, generated);
+    }
+
+    if args.demo > 0 {
+        let host = PluginHost {
+            plugin: find_or_build("shoes-vz-plugin", "shoes-vz-plugin", "SHOESVZ_PLUGIN")?,
+            server_addr: addr.to_string(),
+            token: token.clone(),
+        };
+        let client = cluster.client().await?;
+        let mut paths = vec![("cold", vec!["self-hosted".to_string(), "linux".to_string()])];
+        if backend == BackendKind::Vz {
+            // One template: its runners restore a warm slot when slots exist and --warm is
+            // on (vz.warm_slots), else boot cold.
+            let path = if cluster.options.warm { "warm" } else { "cold" };
+            paths = vec![(path, vec!["self-hosted".to_string()])];
+        } else if cluster.options.warm {
+            paths.push(("warm", vec!["self-hosted".to_string(), "warm".to_string()]));
+        }
+        demo(&host, client, args.demo, &paths, output).await?;
+    }
+    if !args.exit_after_demo {
+        human!(
+            output,
+            "serving; Ctrl-C to stop (runners are torn down on the way out)"
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+/// Whether the default data dir holds an earlier run's state this run continues: with
+/// --fresh it is forgotten first; without, a warning says so and how to start clean.
+fn default_dir_state(dir: &std::path::Path, fresh: bool, output: Output) -> anyhow::Result<bool> {
+    if fresh {
+        let removed = dev_state::forget_state(dir)?;
+        if !removed.is_empty() {
+            human!(
+                output,
+                "--fresh: forgot the earlier run's state in {} ({}); built templates are kept",
+                dir.display(),
+                removed.join(", ")
+            );
+        }
+        return Ok(false);
+    }
+    let found = dev_state::earlier_state(dir);
+    if found.is_empty() {
+        return Ok(false);
+    }
+    eprintln!("{}", dev_state::reuse_warning(dir, &found));
+    Ok(true)
+}
+
+/// What a person needs once the cluster is up: addresses, tokens, how to try it.
+fn print_up(
+    cluster: &LocalCluster,
+    backend: BackendKind,
+    data_dir: &std::path::Path,
+    tokens_file: &std::path::Path,
+    generated: bool,
+) {
+    let addr = cluster.server.grpc_addr;
+    let token = &cluster.options.token;
     println!(
         "shoes-vz dev cluster is up ({} backend, data in {})",
         backend.as_str(),
@@ -116,39 +228,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "           operator {}   (myshoes' token may only add and delete runners)",
         cluster.options.operator_token
     );
+    println!(
+        "  tokens file: {}  (set -a; . {}; set +a)",
+        tokens_file.display(),
+        tokens_file.display()
+    );
     println!("  try:     SHOESVZ_SERVER_ADDR={addr} SHOESVZ_OPERATOR_TOKEN=<operator token> shoes-vz runners list");
     if backend == BackendKind::Test {
         println!(
             "  note:    the test backend's VMs are loopback SSH servers; they isolate nothing"
         );
     }
-
-    if args.demo > 0 {
-        let host = PluginHost {
-            plugin: find_or_build("shoes-vz-plugin", "shoes-vz-plugin", "SHOESVZ_PLUGIN")?,
-            server_addr: addr.to_string(),
-            token: token.clone(),
-        };
-        let client = cluster.client().await?;
-        let mut paths = vec![("cold", vec!["self-hosted".to_string(), "linux".to_string()])];
-        if backend == BackendKind::Vz {
-            // One template: its runners restore a warm slot when slots exist and --warm is
-            // on (vz.warm_slots), else boot cold.
-            let path = if cluster.options.warm { "warm" } else { "cold" };
-            paths = vec![(path, vec!["self-hosted".to_string()])];
-        } else if cluster.options.warm {
-            paths.push(("warm", vec!["self-hosted".to_string(), "warm".to_string()]));
-        }
-        demo(&host, client, args.demo, &paths).await?;
-    }
-    if !args.exit_after_demo {
-        println!("serving; Ctrl-C to stop (runners are torn down on the way out)");
-        tokio::signal::ctrl_c()
-            .await
-            .context("cannot wait for Ctrl-C")?;
-    }
-    cluster.shutdown().await;
-    Ok(())
 }
 
 fn uuid_token() -> String {
@@ -219,16 +309,21 @@ async fn demo(
     client: FleetClient,
     count: usize,
     paths: &[(&'static str, Vec<String>)],
+    output: Output,
 ) -> anyhow::Result<()> {
-    println!(
+    human!(
+        output,
         "\ntaking {count} runner(s) per path through the plugin protocol ({}): AddInstance → ssh-ready → setup → running → DeleteInstance ...",
         host.plugin.display()
     );
     let mut lives = Vec::new();
     for (path, labels) in paths {
         for _ in 0..count {
-            lives.push(one_life(host, client.clone(), path, labels).await?);
+            lives.push(one_life(host, client.clone(), path, labels, output).await?);
         }
+    }
+    if output.is_json() {
+        return print_json_line(&demo_json(&lives, paths));
     }
     println!(
         "\n{:<8} {:<5} {:>9} {:>11} {:>12} {:>9} {:>11} {:>12} {:>11}",
@@ -272,11 +367,44 @@ async fn demo(
     Ok(())
 }
 
+/// `{"event": "demo", "runners": [...], "add_instance_ms": {path: percentiles}}`.
+fn demo_json(lives: &[Life], paths: &[(&'static str, Vec<String>)]) -> serde_json::Value {
+    let runners: Vec<serde_json::Value> = lives
+        .iter()
+        .map(|life| {
+            let t = &life.timings;
+            serde_json::json!({
+                "path": life.path,
+                "add_instance_ms": millis(life.add),
+                "delete_instance_ms": millis(life.delete),
+                "timings_ms": {
+                    "clone": t.clone_ms, "boot_to_ip": t.boot_to_ip_ms,
+                    "boot_to_ssh": t.boot_to_ssh_ms, "setup": t.setup_ms,
+                    "startup": t.startup_ms,
+                },
+            })
+        })
+        .collect();
+    let add_instance: serde_json::Map<String, serde_json::Value> = paths
+        .iter()
+        .map(|(path, _)| {
+            let add: Vec<Duration> = lives
+                .iter()
+                .filter(|l| l.path == *path)
+                .map(|l| l.add)
+                .collect();
+            (path.to_string(), p50_p95_json(&add))
+        })
+        .collect();
+    serde_json::json!({"event": "demo", "runners": runners, "add_instance_ms": add_instance})
+}
+
 async fn one_life(
     host: &PluginHost,
     mut client: FleetClient,
     path: &'static str,
     labels: &[String],
+    output: Output,
 ) -> anyhow::Result<Life> {
     let runner_name = format!("myshoes-{}", uuid::Uuid::new_v4());
     let started = Instant::now();
@@ -290,7 +418,8 @@ async fn one_life(
         .await
         .map_err(|status| anyhow::anyhow!("AddInstance for {runner_name} failed: {status}"))?;
     let add = started.elapsed();
-    println!(
+    human!(
+        output,
         "  {runner_name} ({path}): ssh-ready as {} ({}) after {:.0} ms",
         added.cloud_id,
         added.ip_address,

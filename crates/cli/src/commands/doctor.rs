@@ -1,17 +1,12 @@
 //! `shoes-vz doctor`: every prerequisite of the configured backend on this machine, a line
 //! each (`ok`, `WARN: …`, `FAIL: what — what to do`), exit status 1 on any FAIL; `--output
-//! json` for scripts. The checks live in the agent (`shoes_vz_agent::doctor`), which
-//! `shoes-vz-agent --check` runs too.
+//! json` for scripts (same exit status). The checks live in the agent
+//! (`shoes_vz_agent::doctor`), which `shoes-vz-agent --check` runs too.
 
+use crate::output::{print_json, Output};
 use shoes_vz_agent::config::{AgentConfig, BackendKind};
 use shoes_vz_agent::doctor::{self, SystemProbes};
 use std::path::PathBuf;
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Text,
-    Json,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
@@ -26,12 +21,10 @@ pub struct DoctorArgs {
     templates_dir: Option<PathBuf>,
     #[arg(long, env = "SHOESVZ_RUNNERS_DIR")]
     runners_dir: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Output::Text)]
-    output: Output,
 }
 
 /// Runs the checks, prints them, and returns the exit status (0: nothing failed).
-pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
+pub async fn run(args: DoctorArgs, output: Output) -> anyhow::Result<i32> {
     let mut config: AgentConfig = shoes_vz_telemetry::load_config(args.config.as_deref())?;
     match args.backend {
         Some(backend) => config.backend = backend,
@@ -52,9 +45,21 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<i32> {
         config.runners_dir = dir;
     }
     let report = doctor::run(&config, &SystemProbes).await;
-    match args.output {
-        Output::Text => print!("{}", report.to_text()),
-        Output::Json => println!("{}", report.to_json()),
+    match output {
+        Output::Table => print!("{}", report.to_text()),
+        Output::Json => print_json(&report_json(&report)?)?,
     }
     Ok(report.exit_code())
+}
+
+/// The report as the agent serializes it, plus how many checks failed.
+fn report_json(report: &doctor::Report) -> anyhow::Result<serde_json::Value> {
+    let failed = report
+        .checks
+        .iter()
+        .filter(|check| check.status == doctor::Status::Fail)
+        .count();
+    let mut value = serde_json::to_value(report)?;
+    value["failed"] = failed.into();
+    Ok(value)
 }

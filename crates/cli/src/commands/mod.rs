@@ -4,6 +4,7 @@ pub mod agents;
 pub mod bench;
 pub mod completions;
 pub mod dev;
+pub mod dev_state;
 pub mod doctor;
 pub mod runners;
 pub mod template;
@@ -11,12 +12,7 @@ pub mod template_vz;
 
 use std::time::Duration;
 
-/// How a command prints what it found.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
-    Table,
-    Json,
-}
+pub use crate::output::Output;
 
 /// Where the commands that talk to a running server find it.
 #[derive(clap::Args, Debug, Clone)]

@@ -3,35 +3,43 @@
 //! is needed).
 
 use super::{Output, ServerArgs};
+use crate::output::{print_json, print_json_line};
 use anyhow::Context;
 use shoes_vz_model::ResourceType;
 use shoes_vz_protocol::operator::v1 as op;
 use shoes_vz_protocol::shoes::v1 as pb;
+use std::collections::HashMap;
 use std::io::Write;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RunnersCommand {
     /// List runners (live ones; --all adds deleted ones).
+    ///
+    /// --output json: an array of runner records ({"cloud_id", "runner_name", "state",
+    /// "agent_id", "template", "ip_address", "error", "timings_ms": {…}, …}).
     List {
         #[command(flatten)]
         server: ServerArgs,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
         /// Include deleted runners.
         #[arg(long)]
         all: bool,
     },
     /// One runner: its record, state history, phase timings and first error.
+    ///
+    /// --output json: the runner's record (as in `runners list`) with "history":
+    /// [{"state", "at_ms", "detail"}].
     Show {
         #[command(flatten)]
         server: ServerArgs,
         cloud_id: String,
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
     /// Run a command in a live runner (as its SSH user, over its own key and pinned host key,
     /// through the server and its agent) and exit with its status. Without a command, each line
     /// read from stdin runs as its own command (no terminal).
+    ///
+    /// --output json: one line {"exit_status" (null when killed or timed out), "stdout",
+    /// "stderr" (as UTF-8, invalid bytes replaced), "truncated"}; the exit status is still the
+    /// command's. Without a command, one such line per command.
     Ssh {
         #[command(flatten)]
         server: ServerArgs,
@@ -44,6 +52,10 @@ pub enum RunnersCommand {
         command: Vec<String>,
     },
     /// The runner's logs: the VM's console and the setup script's output (secrets masked).
+    ///
+    /// --output json: one line per chunk read, {"source": "console"|"setup", "data"} (as UTF-8,
+    /// invalid bytes replaced; a character split between chunks is kept whole), also with
+    /// --follow.
     Logs {
         #[command(flatten)]
         server: ServerArgs,
@@ -59,6 +71,10 @@ pub enum RunnersCommand {
         tail_bytes: u64,
     },
     /// Delete a runner by its cloud id (shoes-vz-…); idempotent.
+    ///
+    /// --output json: the runner's record (as in `runners list`) once the deletion is
+    /// recorded; its VM may still be stopping then ("state" is its last live state or
+    /// tearing-down, and deleted once the VM is gone).
     Delete {
         #[command(flatten)]
         server: ServerArgs,
@@ -72,28 +88,17 @@ pub enum LogSourceArg {
     Setup,
 }
 
-pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
+pub async fn run(command: RunnersCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        RunnersCommand::List {
-            server,
-            output,
-            all,
-        } => {
+        RunnersCommand::List { server, all } => {
             let mut client = server.connect().await?;
             let runners = crate::fleet_client::list_all(&mut client, all).await?;
             match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&runners.iter().map(to_json).collect::<Vec<_>>())?
-                ),
+                Output::Json => print_json(&runners.iter().map(to_json).collect::<Vec<_>>())?,
                 Output::Table => print_table(&runners),
             }
         }
-        RunnersCommand::Show {
-            server,
-            cloud_id,
-            output,
-        } => {
+        RunnersCommand::Show { server, cloud_id } => {
             let shown = server
                 .connect()
                 .await?
@@ -111,7 +116,7 @@ pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
                             .map(|h| serde_json::json!({"state": h.state, "at_ms": h.at_ms, "detail": h.detail}))
                             .collect(),
                     );
-                    println!("{}", serde_json::to_string_pretty(&value)?);
+                    print_json(&value)?;
                 }
                 Output::Table => print_show(&runner, &shown.history),
             }
@@ -124,9 +129,9 @@ pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
         } => {
             let mut client = server.connect().await?;
             if command.is_empty() {
-                line_shell(&mut client, &cloud_id, timeout).await?;
+                line_shell(&mut client, &cloud_id, timeout, output).await?;
             } else {
-                let status = exec(&mut client, &cloud_id, command, timeout).await?;
+                let status = exec(&mut client, &cloud_id, command, timeout, output).await?;
                 std::process::exit(status);
             }
         }
@@ -153,18 +158,22 @@ pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
+            if output.is_json() {
+                let mut text = Utf8Joiner::default();
+                while let Some(chunk) = stream.message().await? {
+                    let data = text.push(chunk.source, &chunk.data);
+                    print_log_chunk(chunk.source, &data)?;
+                }
+                for (source, data) in text.finish() {
+                    print_log_chunk(source, &data)?;
+                }
+                return Ok(());
+            }
             let mut last = None;
             let mut out = std::io::stdout();
             while let Some(chunk) = stream.message().await? {
                 if last != Some(chunk.source) && source == op::LogSource::Unspecified {
-                    let name = op::LogSource::try_from(chunk.source).map_or("?", |s| {
-                        if s == op::LogSource::Console {
-                            "console"
-                        } else {
-                            "setup"
-                        }
-                    });
-                    writeln!(out, "==> {name} <==")?;
+                    writeln!(out, "==> {} <==", source_name(chunk.source))?;
                     last = Some(chunk.source);
                 }
                 out.write_all(&chunk.data)?;
@@ -178,7 +187,18 @@ pub async fn run(command: RunnersCommand) -> anyhow::Result<()> {
                     cloud_id: cloud_id.clone(),
                 })
                 .await?;
-            println!("deleted {cloud_id}");
+            match output {
+                Output::Table => println!("deleted {cloud_id}"),
+                Output::Json => {
+                    let shown = client
+                        .get_runner(op::GetRunnerRequest { cloud_id })
+                        .await?
+                        .into_inner();
+                    print_json(&to_json(
+                        &shown.runner.context("the server returned no runner")?,
+                    ))?;
+                }
+            }
         }
     }
     Ok(())
@@ -191,6 +211,7 @@ async fn exec(
     cloud_id: &str,
     command: Vec<String>,
     timeout: u32,
+    output: Output,
 ) -> anyhow::Result<i32> {
     let reply = client
         .runner_exec(op::RunnerExecRequest {
@@ -201,12 +222,26 @@ async fn exec(
         })
         .await?
         .into_inner();
-    std::io::stdout().write_all(&reply.stdout)?;
-    std::io::stderr().write_all(&reply.stderr)?;
-    if reply.truncated {
-        eprintln!("(output truncated)");
+    match output {
+        Output::Json => print_json_line(&exec_json(&reply))?,
+        Output::Table => {
+            std::io::stdout().write_all(&reply.stdout)?;
+            std::io::stderr().write_all(&reply.stderr)?;
+            if reply.truncated {
+                eprintln!("(output truncated)");
+            }
+        }
     }
     Ok(reply.exit_status.unwrap_or(255))
+}
+
+fn exec_json(reply: &op::RunnerExecResponse) -> serde_json::Value {
+    serde_json::json!({
+        "exit_status": reply.exit_status,
+        "stdout": String::from_utf8_lossy(&reply.stdout),
+        "stderr": String::from_utf8_lossy(&reply.stderr),
+        "truncated": reply.truncated,
+    })
 }
 
 /// Without a command: each stdin line runs as `sh -c LINE` (no terminal, no state between lines).
@@ -214,6 +249,7 @@ async fn line_shell(
     client: &mut shoes_vz_protocol::client::OperatorClient,
     cloud_id: &str,
     timeout: u32,
+    output: Output,
 ) -> anyhow::Result<()> {
     use std::io::BufRead;
     eprintln!("each line runs in {cloud_id} as its own `sh -c` (no terminal); Ctrl-D ends");
@@ -227,13 +263,80 @@ async fn line_shell(
             cloud_id,
             vec!["sh".into(), "-c".into(), line],
             timeout,
+            output,
         )
         .await?;
-        if status != 0 {
+        if status != 0 && !output.is_json() {
             eprintln!("(exit status {status})");
         }
     }
     Ok(())
+}
+
+fn source_name(source: i32) -> &'static str {
+    match op::LogSource::try_from(source) {
+        Ok(op::LogSource::Console) => "console",
+        Ok(op::LogSource::Setup) => "setup",
+        _ => "unknown",
+    }
+}
+
+fn print_log_chunk(source: i32, data: &str) -> anyhow::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    print_json_line(&serde_json::json!({"source": source_name(source), "data": data}))
+}
+
+/// Decodes each log's chunks as UTF-8. Chunks end where the log was read, not between
+/// characters, so a character cut at a chunk's end waits for the rest of it.
+#[derive(Default)]
+struct Utf8Joiner {
+    pending: HashMap<i32, Vec<u8>>,
+}
+
+impl Utf8Joiner {
+    /// The text of `data` (after what `source` held back), minus a cut character at its end.
+    fn push(&mut self, source: i32, data: &[u8]) -> String {
+        let mut bytes = self.pending.remove(&source).unwrap_or_default();
+        bytes.extend_from_slice(data);
+        let held = bytes.split_off(bytes.len() - unfinished_char_len(&bytes));
+        if !held.is_empty() {
+            self.pending.insert(source, held);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// What is still held back when the stream ends (a character that never got finished).
+    fn finish(self) -> Vec<(i32, String)> {
+        let mut rest: Vec<(i32, String)> = self
+            .pending
+            .into_iter()
+            .map(|(source, bytes)| (source, String::from_utf8_lossy(&bytes).into_owned()))
+            .collect();
+        rest.sort();
+        rest
+    }
+}
+
+/// How many bytes at the end of `bytes` begin a UTF-8 character whose other bytes have not
+/// come yet (0 when the end is complete, or invalid: that is replaced, not held).
+fn unfinished_char_len(bytes: &[u8]) -> usize {
+    // A character is at most 4 bytes, so its lead byte is among the last 3 when unfinished.
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0b1100_0000 == 0b1000_0000 {
+            continue; // a continuation byte: the lead is further back
+        }
+        let needed = match byte {
+            0b1100_0000..=0b1101_1111 => 2,
+            0b1110_0000..=0b1110_1111 => 3,
+            0b1111_0000..=0b1111_0111 => 4,
+            _ => return 0,
+        };
+        return if back < needed { back } else { 0 };
+    }
+    0
 }
 
 fn print_show(r: &pb::RunnerInfo, history: &[op::StateChange]) {
@@ -353,5 +456,43 @@ pub(crate) fn print_table(runners: &[pb::RunnerInfo]) {
     }
     if runners.is_empty() {
         println!("(no runners)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_cut_between_chunks_comes_out_whole() {
+        // 1-, 2-, 3- and 4-byte characters, cut at every byte.
+        let text = "aé€😀";
+        let bytes = text.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut joiner = Utf8Joiner::default();
+            let first = joiner.push(1, &bytes[..cut]);
+            let second = joiner.push(1, &bytes[cut..]);
+            assert!(!first.contains('\u{FFFD}'), "cut at {cut}: {first:?}");
+            assert_eq!(first + &second, text, "cut at {cut}");
+            assert!(joiner.finish().is_empty(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn each_log_holds_back_its_own_bytes() {
+        let euro = "€".as_bytes();
+        let mut joiner = Utf8Joiner::default();
+        assert_eq!(joiner.push(1, &euro[..1]), "");
+        assert_eq!(joiner.push(2, b"setup line\n"), "setup line\n");
+        assert_eq!(joiner.push(1, &euro[1..]), "€");
+    }
+
+    #[test]
+    fn invalid_bytes_are_replaced_and_an_unfinished_end_is_not_lost() {
+        let mut joiner = Utf8Joiner::default();
+        assert_eq!(joiner.push(1, b"a\xffb"), "a\u{FFFD}b");
+        assert_eq!(joiner.push(1, b"c\xe2\x82"), "c");
+        assert_eq!(joiner.finish(), vec![(1, "\u{FFFD}".to_string())]);
+        assert_eq!(unfinished_char_len(b"\x80\x80\x80"), 0, "no lead byte");
     }
 }

@@ -1,6 +1,10 @@
 //! `shoes-vz template …`: build the QEMU test guest template; make warm templates; import or
 //! install macOS templates for the vz backend (`template_vz`).
 
+use crate::human;
+use crate::output::{print_json, Output};
+use crate::progress::Progress;
+use crate::stats::millis;
 use anyhow::Context;
 use shoes_vz_agent::config::AgentConfig;
 use shoes_vz_agent::{ssh, template};
@@ -15,19 +19,36 @@ pub enum TemplateCommand {
     /// Build the QEMU test guest (Debian kernel + initramfs with busybox, dropbear and the
     /// runner-agent) into `<templates-dir>/<name>-<version>/`. Cached: rebuilt only when its
     /// inputs (package versions, runner-agent binary, boot scripts, options) change.
+    ///
+    /// --output json: {"name", "version", "built" (false: an up-to-date one was kept), "dir",
+    /// "elapsed_ms", "dev_host_public_key" (with --dev-authorized-key and a fresh host key, else
+    /// null)}.
     BuildTestGuest(BuildTestGuestArgs),
     /// Boot a QEMU template until its SSH server answers, save the VM's state, and publish
     /// it as the warm template `<NAME>-warm`: its runners restore instead of booting (and
     /// boot cold if a restore fails). Runners must ask for the same vCPUs and memory.
+    ///
+    /// --output json: {"name", "built" (false: a matching one was kept), "dir",
+    /// "boot_to_ssh_ms", "save_ms", "state_bytes" (the last three null when not built)}.
     Warm(WarmArgs),
     /// Import a tart macOS VM (config.json, disk.img, nvram.bin) as a vz template in
     /// `<templates-dir>/<NAME>-<VERSION>/`, cloned copy-on-write (never a full copy).
+    ///
+    /// --output json: {"source", "name", "version", "dir", "machine_identity", "disk_format",
+    /// "hardware_model_supported" (null off macOS: the agent checks it on the Mac)}.
     ImportTart(super::template_vz::ImportTartArgs),
     /// Install macOS from an IPSW into a new vz template (macOS on Apple silicon only).
+    ///
+    /// --output json: {"name", "version", "dir", "os_version", "build_version",
+    /// "adjustments": [{"resource", "requested", "granted", "reason"}]}; the progress bars
+    /// stay on stderr.
     Create(super::template_vz::CreateArgs),
     /// Make a vz template's Saved State warm slots (macOS 14+) in `<templates-dir>/<NAME>-warm/`:
     /// boot it per slot until SSH answers, pause, save. Runners of the same vCPUs and memory
     /// then restore instead of booting (agent `vz.warm_slots = true`; restart the agent).
+    ///
+    /// --output json: {"template", "vcpus", "memory_mib", "slots": [{"slot" (0 or 1), "dir",
+    /// "mac", "boot_to_ssh_ms", "save_ms"}]}.
     WarmVz(super::template_vz::WarmVzArgs),
 }
 
@@ -89,17 +110,17 @@ pub struct BuildTestGuestArgs {
     keep_old_versions: bool,
 }
 
-pub async fn run(command: TemplateCommand) -> anyhow::Result<()> {
+pub async fn run(command: TemplateCommand, output: Output) -> anyhow::Result<()> {
     match command {
-        TemplateCommand::BuildTestGuest(args) => build(args).await,
-        TemplateCommand::Warm(args) => warm(args).await,
-        TemplateCommand::ImportTart(args) => super::template_vz::import_tart(args).await,
-        TemplateCommand::Create(args) => super::template_vz::create(args).await,
-        TemplateCommand::WarmVz(args) => super::template_vz::warm_vz(args).await,
+        TemplateCommand::BuildTestGuest(args) => build(args, output).await,
+        TemplateCommand::Warm(args) => warm(args, output).await,
+        TemplateCommand::ImportTart(args) => super::template_vz::import_tart(args, output).await,
+        TemplateCommand::Create(args) => super::template_vz::create(args, output).await,
+        TemplateCommand::WarmVz(args) => super::template_vz::warm_vz(args, output).await,
     }
 }
 
-async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
+async fn build(args: BuildTestGuestArgs, output: Output) -> anyhow::Result<()> {
     let templates_dir = args
         .templates_dir
         .unwrap_or_else(|| AgentConfig::default().templates_dir);
@@ -125,6 +146,7 @@ async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
             "note: no stand-in runner (`cargo build -p shoes-vz-standin-runner`): the guest has no runner cache, so myshoes' setup script would download the real runner"
         );
     }
+    let mut dev_host_public_key = None;
     if let Some(path) = &args.dev_authorized_key {
         let authorized_key = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -133,10 +155,9 @@ async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read {}", path.display()))?,
             None => {
                 let key = ssh::generate_ed25519()?;
-                println!(
-                    "guest host key: {}",
-                    ssh::authorized_key_line(key.public_key())
-                );
+                let public = ssh::authorized_key_line(key.public_key());
+                human!(output, "guest host key: {public}");
+                dev_host_public_key = Some(public);
                 key.to_openssh(russh::keys::ssh_key::LineEnding::LF)?
                     .to_string()
             }
@@ -151,8 +172,17 @@ async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
             "an image without the runner-agent needs --dev-authorized-key to be reachable"
         );
     }
-    let built = tokio::task::spawn_blocking(move || build_test_guest(&options)).await??;
-    println!(
+    let progress = Progress::new(&format!("test guest {}", options.name));
+    progress.update("downloading packages and building (cached by its inputs)");
+    let built = tokio::task::spawn_blocking(move || build_test_guest(&options)).await?;
+    let built = match built {
+        Ok(built) => built,
+        Err(error) => {
+            progress.finish("failed");
+            return Err(error.into());
+        }
+    };
+    let summary = format!(
         "{} {} {} in {:.1} s: {}",
         built.name,
         built.version,
@@ -160,10 +190,22 @@ async fn build(args: BuildTestGuestArgs) -> anyhow::Result<()> {
         built.elapsed.as_secs_f64(),
         built.dir.display()
     );
+    progress.finish(if built.built { "built" } else { "up to date" });
+    match output {
+        Output::Table => println!("{summary}"),
+        Output::Json => print_json(&serde_json::json!({
+            "name": built.name,
+            "version": built.version,
+            "built": built.built,
+            "dir": built.dir,
+            "elapsed_ms": millis(built.elapsed),
+            "dev_host_public_key": dev_host_public_key,
+        }))?,
+    }
     Ok(())
 }
 
-async fn warm(args: WarmArgs) -> anyhow::Result<()> {
+async fn warm(args: WarmArgs, output: Output) -> anyhow::Result<()> {
     let templates_dir = args
         .templates_dir
         .unwrap_or_else(|| AgentConfig::default().templates_dir);
@@ -175,6 +217,8 @@ async fn warm(args: WarmArgs) -> anyhow::Result<()> {
             templates_dir.display()
         )
     })?;
+    let progress = Progress::new(&format!("warm template of {}", args.name));
+    progress.update("booting until SSH answers, then saving the VM's state");
     let warm = crate::qemu_templates::ensure_warm(
         base,
         args.vcpus,
@@ -183,7 +227,26 @@ async fn warm(args: WarmArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.boot_timeout),
         args.force,
     )
-    .await?;
+    .await;
+    let warm = match warm {
+        Ok(warm) => warm,
+        Err(error) => {
+            progress.finish("failed");
+            return Err(error);
+        }
+    };
+    progress.finish(if warm.built { "built" } else { "up to date" });
+    if output.is_json() {
+        let measured = |value: serde_json::Value| warm.built.then_some(value);
+        return print_json(&serde_json::json!({
+            "name": warm.name,
+            "built": warm.built,
+            "dir": warm.dir,
+            "boot_to_ssh_ms": measured(millis(warm.boot_to_ssh).into()),
+            "save_ms": measured(millis(warm.save).into()),
+            "state_bytes": measured(warm.state_bytes.into()),
+        }));
+    }
     if warm.built {
         println!(
             "{} built: boot to SSH {:.2} s, state saved in {:.2} s ({} MB): {}",

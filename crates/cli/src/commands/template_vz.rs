@@ -4,6 +4,9 @@
 //! `shoes-vz template warm-vz`: a template's Saved State warm slots (macOS 14+; typed
 //! Unsupported elsewhere).
 
+use crate::human;
+use crate::output::{print_json, Output};
+use crate::stats::millis;
 use anyhow::Context;
 use shoes_vz_agent::config::AgentConfig;
 use shoes_vz_agent::hypervisor::vz::warm::WarmRequest;
@@ -167,10 +170,30 @@ fn running_as_root() -> bool {
 }
 
 /// Warms the template's slots one after another (one VM at a time).
-pub async fn warm_vz(args: WarmVzArgs) -> anyhow::Result<()> {
+pub async fn warm_vz(args: WarmVzArgs, output: Output) -> anyhow::Result<()> {
     refuse_root(running_as_root(), cfg!(target_os = "macos"))?;
     let request = args.request()?;
     let warmed = shoes_vz_agent::hypervisor::vz::warm_template(&request).await?;
+    if output.is_json() {
+        let slots: Vec<serde_json::Value> = warmed
+            .iter()
+            .map(|slot| {
+                serde_json::json!({
+                    "slot": slot.slot.index(),
+                    "dir": slot.dir,
+                    "mac": slot.mac.to_string(),
+                    "boot_to_ssh_ms": millis(slot.boot_to_ssh),
+                    "save_ms": millis(slot.save),
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "template": request.template,
+            "vcpus": request.vcpus,
+            "memory_mib": request.memory_mib,
+            "slots": slots,
+        }));
+    }
     for slot in &warmed {
         println!(
             "{} warmed: boot to SSH {:.1} s, state saved in {:.1} s, MAC {}: {}",
@@ -190,7 +213,7 @@ pub async fn warm_vz(args: WarmVzArgs) -> anyhow::Result<()> {
 }
 
 /// Clones the tart VM's disk and NVRAM copy-on-write (never a full copy) into a new template.
-pub async fn import_tart(args: ImportTartArgs) -> anyhow::Result<()> {
+pub async fn import_tart(args: ImportTartArgs, output: Output) -> anyhow::Result<()> {
     let target = args.template.target_dir();
     let source = args.dir.clone();
     let vm = tart::read_vm(&source)?;
@@ -217,49 +240,70 @@ pub async fn import_tart(args: ImportTartArgs) -> anyhow::Result<()> {
     })
     .await
     .context("the import task failed")??;
-    println!(
-        "imported {} as template {} {}: {} (machine identity {}, disk {})",
-        args.dir.display(),
-        imported.metadata.name,
-        imported.metadata.version,
-        imported.dir.display(),
-        args.machine_identity,
-        imported.options.disk_format
-    );
-    report_hardware_model(&imported.hardware_model)?;
-    println!("the agent serves it from its next start");
-    Ok(())
-}
-
-#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
-fn report_hardware_model(model: &shoes_vz_vz::hardware::HardwareModel) -> anyhow::Result<()> {
-    if shoes_vz_vz::ffi::hardware_model_supported(model)? {
-        println!("this host's macOS supports its hardware model");
-    } else {
-        eprintln!(
+    let supported = hardware_model_supported(&imported.hardware_model)?;
+    match supported {
+        Some(true) => human!(output, "this host's macOS supports its hardware model"),
+        Some(false) => eprintln!(
             "WARNING: this host's macOS does not support the template's hardware model; the \
              agent refuses it here until the host is updated"
-        );
+        ),
+        None => human!(
+            output,
+            "its hardware model is checked on the Mac (the agent checks it at start)"
+        ),
+    }
+    match output {
+        Output::Json => print_json(&serde_json::json!({
+            "source": args.dir,
+            "name": imported.metadata.name,
+            "version": imported.metadata.version,
+            "dir": imported.dir,
+            "machine_identity": args.machine_identity,
+            "disk_format": imported.options.disk_format.to_string(),
+            "hardware_model_supported": supported,
+        }))?,
+        Output::Table => {
+            println!(
+                "imported {} as template {} {}: {} (machine identity {}, disk {})",
+                args.dir.display(),
+                imported.metadata.name,
+                imported.metadata.version,
+                imported.dir.display(),
+                args.machine_identity,
+                imported.options.disk_format
+            );
+            println!("the agent serves it from its next start");
+        }
     }
     Ok(())
 }
 
+/// Whether this host's macOS runs the template's hardware model; `None` off macOS, where
+/// nothing can tell (the agent checks it at start on the Mac).
+#[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
+fn hardware_model_supported(
+    model: &shoes_vz_vz::hardware::HardwareModel,
+) -> anyhow::Result<Option<bool>> {
+    Ok(Some(shoes_vz_vz::ffi::hardware_model_supported(model)?))
+}
+
 #[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
-fn report_hardware_model(_model: &shoes_vz_vz::hardware::HardwareModel) -> anyhow::Result<()> {
-    println!("its hardware model is checked on the Mac (the agent checks it at start)");
-    Ok(())
+fn hardware_model_supported(
+    _model: &shoes_vz_vz::hardware::HardwareModel,
+) -> anyhow::Result<Option<bool>> {
+    Ok(None)
 }
 
 /// Installs macOS from an IPSW into a new template, with a progress bar.
 #[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
-pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
+pub async fn create(args: CreateArgs, output: Output) -> anyhow::Result<()> {
     use shoes_vz_vz::ffi::{install_from_ipsw, IpswInstall};
     use shoes_vz_vz::template::TemplateInfo;
 
     refuse_root(running_as_root(), cfg!(target_os = "macos"))?;
     let template = &args.template;
     let ipsw = if args.ipsw.as_os_str() == LATEST {
-        fetch_latest(&template.templates_dir()).await?
+        fetch_latest(&template.templates_dir(), output).await?
     } else {
         args.ipsw.clone()
     };
@@ -300,6 +344,28 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
         Err(_) => bar.abandon(),
     }
     let installed = installed?;
+    if output.is_json() {
+        let adjustments: Vec<serde_json::Value> = installed
+            .adjustments
+            .iter()
+            .map(|change| {
+                serde_json::json!({
+                    "resource": change.resource,
+                    "requested": change.requested,
+                    "granted": change.granted,
+                    "reason": change.reason,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "name": installed.metadata.name,
+            "version": installed.metadata.version,
+            "dir": installed.dir,
+            "os_version": installed.restore_image.os_version.to_string(),
+            "build_version": installed.restore_image.build_version,
+            "adjustments": adjustments,
+        }));
+    }
     for change in &installed.adjustments {
         println!(
             "install VM {}: {} instead of {} ({})",
@@ -333,12 +399,14 @@ pub fn ipsw_dir(templates_dir: &std::path::Path) -> PathBuf {
 /// Asks the framework for the newest restore image this host supports and downloads it
 /// (resume-safe, with a progress bar).
 #[cfg(any(target_os = "macos", feature = "vz-typecheck"))]
-async fn fetch_latest(templates_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+async fn fetch_latest(templates_dir: &std::path::Path, output: Output) -> anyhow::Result<PathBuf> {
     let latest =
         shoes_vz_vz::ffi::fetch_latest_supported(std::time::Duration::from_secs(120)).await?;
-    println!(
+    human!(
+        output,
         "latest restore image this Mac supports: macOS {} ({})",
-        latest.os_version, latest.build_version
+        latest.os_version,
+        latest.build_version
     );
     let dest = ipsw_dir(templates_dir).join(crate::download::file_name_for(
         &latest.url,
@@ -372,8 +440,8 @@ async fn fetch_latest(templates_dir: &std::path::Path) -> anyhow::Result<PathBuf
 
 /// Off macOS there is no Virtualization.framework to install with.
 #[cfg(not(any(target_os = "macos", feature = "vz-typecheck")))]
-pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
-    let _ = args;
+pub async fn create(args: CreateArgs, output: Output) -> anyhow::Result<()> {
+    let _ = (args, output);
     Err(shoes_vz_vz::errors::unsupported_off_macos("install macOS from an IPSW").into())
 }
 
@@ -413,7 +481,9 @@ mod tests {
     #[cfg(not(target_os = "macos"))]
     #[tokio::test]
     async fn warm_vz_is_a_typed_unsupported_off_macos() {
-        let error = warm_vz(args(None)).await.expect_err("no framework here");
+        let error = warm_vz(args(None), Output::Table)
+            .await
+            .expect_err("no framework here");
         let error = error
             .downcast_ref::<shoes_vz_agent::hypervisor::HypervisorError>()
             .expect("a hypervisor error");

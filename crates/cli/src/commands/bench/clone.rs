@@ -2,8 +2,9 @@
 //! a 1 GiB and a 64 GiB sparse image on a reflink filesystem, against `cp --reflink=always` of
 //! the same files in the same run.
 
+use crate::output::{print_json, Output};
 use crate::scratch_fs::ScratchFs;
-use crate::stats::{ms, percentile};
+use crate::stats::{ms, p50_p95_json, percentile};
 use anyhow::{bail, Context};
 use shoes_vz_agent::bundle::clone_file;
 use shoes_vz_agent::config::CloneMode;
@@ -35,11 +36,11 @@ struct Row {
     cp: Vec<Duration>,
 }
 
-pub async fn run(args: CloneArgs) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || measure(args)).await?
+pub async fn run(args: CloneArgs, output: Output) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || measure(args, output)).await?
 }
 
-fn measure(args: CloneArgs) -> anyhow::Result<()> {
+fn measure(args: CloneArgs, output: Output) -> anyhow::Result<()> {
     let scratch = ScratchFs::prepare(args.dir.as_deref())?;
     let work = tempfile::tempdir_in(&scratch.dir)
         .context("cannot create a work dir on the scratch filesystem")?;
@@ -75,6 +76,9 @@ fn measure(args: CloneArgs) -> anyhow::Result<()> {
         }
         std::fs::remove_file(&template)?;
         rows.push(row);
+    }
+    if output.is_json() {
+        return print_json(&to_json(&scratch, args.runs, &rows));
     }
     print(&scratch, args.runs, &rows);
     Ok(())
@@ -125,8 +129,37 @@ fn print(scratch: &ScratchFs, runs: usize, rows: &[Row]) {
 }
 
 fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    ratio_value(a, b).map_or_else(|| "-".to_string(), |r| format!("{r:.2}"))
+}
+
+fn ratio_value(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
-        _ => "-".to_string(),
+        (Some(a), Some(b)) if !b.is_zero() => Some(a.as_secs_f64() / b.as_secs_f64()),
+        _ => None,
     }
+}
+
+fn to_json(scratch: &ScratchFs, runs: usize, rows: &[Row]) -> serde_json::Value {
+    let p50 = |samples: &[Duration]| percentile(samples, 50.0);
+    let templates: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            serde_json::json!({
+                "template": row.name,
+                "shoes_vz_ms": p50_p95_json(&row.ours),
+                "cp_ms": p50_p95_json(&row.cp),
+                "shoes_vz_over_cp_p50": ratio_value(p50(&row.ours), p50(&row.cp)),
+            })
+        })
+        .collect();
+    let large_over_small = match rows {
+        [small, large] => ratio_value(p50(&large.ours), p50(&small.ours)),
+        _ => None,
+    };
+    serde_json::json!({
+        "runs": runs,
+        "filesystem": scratch.describe(),
+        "templates": templates,
+        "large_over_small_p50": large_over_small,
+    })
 }

@@ -2,7 +2,8 @@
 //! on an in-process cluster with the test backend.
 
 use crate::cluster::{ClusterOptions, LocalCluster};
-use crate::stats::{ms, percentile};
+use crate::output::{print_json, Output};
+use crate::stats::{ms, p50_p95_json, percentile};
 use anyhow::Context;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ pub struct ControlPlaneArgs {
     boot_delay_ms: u64,
 }
 
-pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+pub async fn run(args: ControlPlaneArgs, output: Output) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temp dir")?;
     let mut options = ClusterOptions::new(dir.path(), "bench-token-0123456789");
     options.agents = args.agents.max(1);
@@ -94,6 +95,18 @@ pub async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
         .collect();
     cluster.shutdown().await;
 
+    if output.is_json() {
+        return print_json(&serde_json::json!({
+            "runners": args.runners,
+            "agents": args.agents,
+            "max_runners": args.max_runners,
+            "boot_delay_ms": args.boot_delay_ms,
+            "wall_s": wall.as_secs_f64(),
+            "add_instance_overhead_ms": p50_p95_json(&add_overhead),
+            "command_push_ms": p50_p95_json(&push),
+            "delete_instance_ms": p50_p95_json(&delete_latency),
+        }));
+    }
     println!(
         "control plane: {} runners on {} agents x {} slots, test backend boot delay {} ms, {:.1} s wall",
         args.runners,

@@ -9,8 +9,10 @@
 //! the foreground, as myshoes' script does; the runner takes one job of `--job-seconds`.
 
 use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::human;
+use crate::output::{print_json, Output};
 use crate::plugin_client::PluginHost;
-use crate::stats::percentile;
+use crate::stats::{p50_p95_json, percentile};
 use anyhow::Context;
 use shoes_vz_plugin::proto::myshoes;
 use shoes_vz_protocol::shoes::v1 as pb;
@@ -46,7 +48,7 @@ struct Outcome {
     slot_idle: Vec<Duration>,
 }
 
-pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
+pub async fn run(args: JobsArgs, output: Output) -> anyhow::Result<()> {
     let plugin = crate::workspace_bin::find_or_build(
         "shoes-vz-plugin",
         "shoes-vz-plugin",
@@ -57,7 +59,8 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
         "shoes-vz-standin-runner",
         "SHOESVZ_STANDIN_RUNNER",
     )?;
-    println!(
+    human!(
+        output,
         "jobs: {} jobs of {} s on {} slots (test backend, stand-in runner), through the plugin; myshoes deletes every {:?}",
         args.jobs, args.job_seconds, args.slots, args.delete_interval
     );
@@ -67,6 +70,9 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("the run with reclaim_finished = {reclaim} failed"))?;
         results.push((reclaim, outcome));
+    }
+    if output.is_json() {
+        return print_json(&to_json(&args, &results));
     }
     println!(
         "{:<22} {:>8} {:>10} {:>12} {:>10} {:>10} {:>12} {:>12}",
@@ -99,6 +105,31 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     }
     println!("wall: until the last job's slot was free; queue: how long a placed AddInstance waited for a slot (the server's queue_ms); idle: from a job's finish, as the agent saw it, to its slot being free");
     Ok(())
+}
+
+fn to_json(args: &JobsArgs, results: &[(bool, Outcome)]) -> serde_json::Value {
+    let modes: Vec<serde_json::Value> = results
+        .iter()
+        .map(|(reclaim, o)| {
+            let secs = o.wall.as_secs_f64();
+            serde_json::json!({
+                "reclaim_finished": reclaim,
+                "jobs": o.jobs,
+                "wall_s": secs,
+                "jobs_per_min": o.jobs as f64 * 60.0 / secs.max(f64::EPSILON),
+                "adds_per_job": o.add_calls as f64 / o.jobs.max(1) as f64,
+                "queue_wait_ms": p50_p95_json(&o.queue_wait),
+                "slot_idle_ms": p50_p95_json(&o.slot_idle),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "jobs": args.jobs,
+        "job_seconds": args.job_seconds,
+        "slots": args.slots,
+        "delete_interval_s": args.delete_interval.as_secs_f64(),
+        "modes": modes,
+    })
 }
 
 fn seconds(value: Option<Duration>) -> String {

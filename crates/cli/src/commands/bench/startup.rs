@@ -3,7 +3,8 @@
 
 use crate::cluster::{ClusterOptions, LocalCluster, QEMU_GUEST_MEMORY_MIB, QEMU_GUEST_VCPUS};
 use crate::fleet_client::FleetClient;
-use crate::stats::{ms, percentile};
+use crate::output::{print_json, Output};
+use crate::stats::{ms, p50_p95_json, percentile};
 use anyhow::Context;
 use shoes_vz_agent::config::{BackendKind, QemuConfig};
 use shoes_vz_agent::hypervisor::qemu::accel;
@@ -42,7 +43,7 @@ impl Samples {
     }
 }
 
-pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
+pub async fn run(args: StartupArgs, output: Output) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let data_dir = args
         .data_dir
@@ -93,6 +94,11 @@ pub async fn run(args: StartupArgs) -> anyhow::Result<()> {
         .metrics()
         .render(&cluster.server.fleet.gauges());
     cluster.shutdown().await;
+    if output.is_json() {
+        return print_json(&to_json(
+            args.runs, wall, &cold, &warm, &bare_ssh, &fallbacks,
+        ));
+    }
     print(args.runs, wall, &cold, &warm, &bare_ssh, &fallbacks);
     Ok(())
 }
@@ -187,10 +193,51 @@ async fn one_runner(client: &mut FleetClient, label: &[&str]) -> anyhow::Result<
 }
 
 fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    ratio_value(a, b).map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+}
+
+fn ratio_value(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()),
-        _ => "-".into(),
+        (Some(a), Some(b)) if !b.is_zero() => Some(a.as_secs_f64() / b.as_secs_f64()),
+        _ => None,
     }
+}
+
+fn to_json(
+    runs: usize,
+    wall: Duration,
+    cold: &Samples,
+    warm: &Samples,
+    bare: &[Duration],
+    metrics: &str,
+) -> serde_json::Value {
+    let phases = |s: &Samples| {
+        serde_json::json!({
+            "clone": p50_p95_json(&s.clone),
+            "boot_to_ip": p50_p95_json(&s.boot_to_ip),
+            "boot_to_ssh": p50_p95_json(&s.boot_to_ssh),
+            "total": p50_p95_json(&s.total),
+        })
+    };
+    let p50 = |samples: &[Duration]| percentile(samples, 50.0);
+    // The counter's value from the /metrics text (`name value`), when it was exported.
+    let fallbacks = metrics
+        .lines()
+        .find(|l| l.starts_with("shoesvz_warm_start_fallbacks_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    serde_json::json!({
+        "runs": runs,
+        "accel": accel::resolve(QemuConfig::default().accel).as_str(),
+        "wall_s": wall.as_secs_f64(),
+        "cold_ms": phases(cold),
+        "warm_ms": phases(warm),
+        "bare_ms": p50_p95_json(bare),
+        "cold_boot_to_ssh_over_bare_p50": ratio_value(p50(&cold.boot_to_ssh), p50(bare)),
+        "cold_total_over_bare_p50": ratio_value(p50(&cold.total), p50(bare)),
+        "warm_total_over_cold_total_p50": ratio_value(p50(&warm.total), p50(&cold.total)),
+        "warm_start_fallbacks": fallbacks,
+    })
 }
 
 fn print(
