@@ -5,9 +5,11 @@
 //! - [`clock`]: wall-clock readings (Unix milliseconds and microseconds).
 //! - [`ids`]: runner, agent and cloud ids, and the validation of names that may reach a path.
 //! - [`resource`]: myshoes' resource types and what they mean in vCPUs and memory.
+//! - [`link`]: what the server and an agent tell each other (commands, reports), wire-free.
 
 pub mod clock;
 pub mod ids;
+pub mod link;
 pub mod resource;
 pub mod state;
 

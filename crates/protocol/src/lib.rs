@@ -5,8 +5,10 @@
 //! - [`operator`]: `shoes.vz.operator.v1`, the API for operators (the `shoes-vz` CLI).
 //! - [`agent`]: `shoes.vz.agent.v1`, the API between the server and its agents.
 //! - [`client`]: connecting to a server with a bearer token (and TLS).
+//! - [`link`]: the agent link's messages to and from the model's commands and reports.
 
 pub mod client;
+pub mod link;
 
 #[allow(clippy::all)]
 pub mod shoes {

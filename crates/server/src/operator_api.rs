@@ -6,8 +6,8 @@ use crate::fleet::{Fleet, FleetError};
 use crate::shoes_api::runner_info;
 use crate::store::AgentRecord;
 use futures::Stream;
+use shoes_vz_model::link::{GuestReply, GuestRequest, LogKind};
 use shoes_vz_model::{AgentId, CloudId, RunnerId};
-use shoes_vz_protocol::agent::v1 as agent;
 use shoes_vz_protocol::operator::v1 as pb;
 use shoes_vz_protocol::operator::v1::operator_service_server::OperatorService;
 use std::pin::Pin;
@@ -288,16 +288,16 @@ impl OperatorService for OperatorApi {
                 .fleet
                 .guest_call(
                     &id,
-                    agent::guest_request::Request::Exec(agent::GuestExec {
+                    GuestRequest::Exec {
                         command: request.command,
                         stdin: request.stdin,
                         timeout_secs,
-                    }),
+                    },
                     Duration::from_secs(u64::from(timeout_secs) + 20),
                 )
                 .await?;
             match reply {
-                agent::guest_reply::Reply::Exec(result) => Ok(pb::RunnerExecResponse {
+                GuestReply::Exec(result) => Ok(pb::RunnerExecResponse {
                     exit_status: result.exit_status,
                     stdout: result.stdout,
                     stderr: result.stderr,
@@ -362,25 +362,19 @@ fn async_stream(
                     continue;
                 }
                 let kind = match source {
-                    pb::LogSource::Console => agent::GuestLogKind::Console,
-                    _ => agent::GuestLogKind::Setup,
+                    pb::LogSource::Console => LogKind::Console,
+                    _ => LogKind::Setup,
                 };
-                let read = agent::GuestLogs {
-                    kind: kind as i32,
+                let read = GuestRequest::Logs {
+                    kind,
                     offset: *offset,
                     max_bytes: if offset.is_none() { tail } else { 1024 * 1024 },
                 };
-                let reply = fleet
-                    .guest_call(
-                        &id,
-                        agent::guest_request::Request::Logs(read),
-                        Duration::from_secs(30),
-                    )
-                    .await;
+                let reply = fleet.guest_call(&id, read, Duration::from_secs(30)).await;
                 let chunk = match reply {
-                    Ok(agent::guest_reply::Reply::Logs(logs)) => {
-                        *offset = Some(logs.next_offset);
-                        logs.data
+                    Ok(GuestReply::Logs { data, next_offset }) => {
+                        *offset = Some(next_offset);
+                        data
                     }
                     Ok(_) => Vec::new(),
                     // One source may be missing (no console on this backend); say so once.

@@ -2,8 +2,8 @@
 //! answered there (the agent reaches the guest; the operator needs no network path to it).
 
 use super::{Fleet, FleetError};
+use shoes_vz_model::link::{AgentCommand, GuestAnswer, GuestCall, GuestReply, GuestRequest};
 use shoes_vz_model::{RunnerId, RunnerState};
-use shoes_vz_protocol::agent::v1 as pb;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -12,9 +12,9 @@ impl Fleet {
     pub async fn guest_call(
         &self,
         runner_id: &RunnerId,
-        request: pb::guest_request::Request,
+        request: GuestRequest,
         timeout: Duration,
-    ) -> Result<pb::guest_reply::Reply, FleetError> {
+    ) -> Result<GuestReply, FleetError> {
         let (id, answer) = {
             let mut state = self.lock();
             let entry = state
@@ -31,16 +31,11 @@ impl Fleet {
             state.next_guest_request += 1;
             let id = state.next_guest_request;
             let (reply, answer) = oneshot::channel();
-            let message = pb::ServerMessage {
-                message: Some(pb::server_message::Message::GuestRequest(
-                    pb::GuestRequest {
-                        request_id: id,
-                        runner_id: runner_id.to_string(),
-                        request: Some(request),
-                    },
-                )),
-                sent_at_unix_us: super::unix_micros(),
-            };
+            let message = AgentCommand::Guest(GuestCall {
+                request_id: id,
+                runner_id: runner_id.clone(),
+                request,
+            });
             let pushed = state
                 .agents
                 .get(&agent_id)
@@ -55,22 +50,17 @@ impl Fleet {
         let answered = tokio::time::timeout(timeout, answer).await;
         self.lock().guest_calls.remove(&id);
         match answered {
-            Ok(Ok(pb::GuestReply {
-                reply: Some(pb::guest_reply::Reply::Error(error)),
-                ..
-            })) => Err(FleetError::OnAgent(error)),
-            Ok(Ok(pb::GuestReply {
-                reply: Some(reply), ..
-            })) => Ok(reply),
-            Ok(Ok(_)) | Ok(Err(_)) => Err(FleetError::AgentGone),
+            Ok(Ok(GuestReply::Error(error))) => Err(FleetError::OnAgent(error)),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(FleetError::AgentGone),
             Err(_) => Err(FleetError::AgentTimeout(timeout)),
         }
     }
 
     /// An agent's answer to a guest request.
-    pub(super) fn guest_reply(&self, reply: pb::GuestReply) {
-        if let Some(waiter) = self.lock().guest_calls.remove(&reply.request_id) {
-            let _ = waiter.send(reply);
+    pub(super) fn guest_reply(&self, answer: GuestAnswer) {
+        if let Some(waiter) = self.lock().guest_calls.remove(&answer.request_id) {
+            let _ = waiter.send(answer.reply);
         }
     }
 }

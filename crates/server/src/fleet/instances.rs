@@ -12,14 +12,12 @@
 
 use super::claims::{QueueWaiter, RunnerWaiter};
 use super::queue::Placed;
-use super::{
-    delete_command, unix_micros, Fleet, FleetError, FleetState, RunnerEntry, RunnerSignal,
-};
+use super::{Fleet, FleetError, FleetState, RunnerEntry, RunnerSignal};
 use crate::scheduler::{self, PlacementError};
 use crate::store::{now_ms, RunnerRecord, Timings};
 use crate::writer::WriteError;
+use shoes_vz_model::link::{AgentCommand, CreateRunner};
 use shoes_vz_model::{CloudId, ResourceSpec, ResourceType, RunnerId, RunnerName, RunnerState};
-use shoes_vz_protocol::agent::v1 as pb;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -279,23 +277,18 @@ impl Fleet {
             job_finished_at_ms: None,
         };
         tracing::info!(runner = %runner_id, runner_name = %plan.name, agent = %record.agent_id, template = %record.template, resource_type = %plan.served, "runner placed");
+        let create = CreateRunner {
+            runner_id: runner_id.clone(),
+            runner_name: plan.name.clone(),
+            template: record.template.clone(),
+            spec: plan.spec,
+            setup_script: plan.setup_script.clone(),
+        };
         let inserted = self.writer.insert_runner(record.clone());
         let mut entry = RunnerEntry::new(record);
         entry.waiters = waiters;
         state.names.insert(plan.name.to_string(), runner_id.clone());
         state.add_runner(entry);
-        let create = pb::CreateRunner {
-            runner_id: runner_id.to_string(),
-            runner_name: plan.name.to_string(),
-            setup_script: plan.setup_script.clone(),
-            template: state
-                .runners
-                .get(&runner_id)
-                .map(|e| e.record.template.clone())
-                .unwrap_or_default(),
-            vcpus: plan.spec.vcpus,
-            memory_mib: plan.spec.memory_mib,
-        };
         match self.me.upgrade() {
             Some(fleet) => {
                 let id = runner_id.clone();
@@ -313,7 +306,7 @@ impl Fleet {
         self: Arc<Self>,
         runner_id: RunnerId,
         inserted: impl Future<Output = Result<(), WriteError>>,
-        create: pb::CreateRunner,
+        create: CreateRunner,
     ) {
         if let Err(error) = inserted.await {
             let mut state = self.lock();
@@ -329,10 +322,7 @@ impl Fleet {
             self.pump(&mut state);
             return;
         }
-        let message = pb::ServerMessage {
-            message: Some(pb::server_message::Message::CreateRunner(create)),
-            sent_at_unix_us: unix_micros(),
-        };
+        let message = AgentCommand::Create(create);
         let mut state = self.lock();
         let Some(entry) = state.runners.get(&runner_id) else {
             return;
@@ -425,7 +415,7 @@ impl Fleet {
             .agents
             .get(&agent_id)
             .filter(|a| a.ready())
-            .and_then(|a| a.push(delete_command(runner_id)));
+            .and_then(|a| a.push(AgentCommand::Delete(runner_id.clone())));
         if pushed.is_none() {
             tracing::info!(runner = %runner_id, "agent offline; deletion recorded and sent when it reconnects");
         }

@@ -35,8 +35,8 @@ use crate::config::ServerConfig;
 use crate::metrics::{FailureReason, FleetGauges, Metrics, Phase};
 use crate::store::{now_ms, AgentRecord, RunnerRecord, Store, StoreError, Timings};
 use crate::writer::StoreWriter;
+use shoes_vz_model::link::{AgentCommand, GuestReply, PhaseTimings, RunnerReport};
 use shoes_vz_model::{AgentId, RunnerId, RunnerState};
-use shoes_vz_protocol::agent::v1 as pb;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -72,7 +72,7 @@ struct FleetState {
     index: crate::scheduler::index::PlacementIndex,
     next_session: u64,
     /// Operators' requests waiting for their agent's answer, by request id.
-    guest_calls: HashMap<u64, tokio::sync::oneshot::Sender<pb::GuestReply>>,
+    guest_calls: HashMap<u64, tokio::sync::oneshot::Sender<GuestReply>>,
     next_guest_request: u64,
 }
 
@@ -97,7 +97,7 @@ impl AgentEntry {
 
 struct Session {
     id: u64,
-    commands: mpsc::UnboundedSender<pb::ServerMessage>,
+    commands: mpsc::UnboundedSender<AgentCommand>,
     /// Set once the session's first snapshot was reconciled; only then is the agent scheduled.
     synced: bool,
     cancel: CancellationToken,
@@ -175,7 +175,7 @@ impl AgentEntry {
 
     /// Sends a command if the agent has a session; the session's id, or `None` when it
     /// cannot be delivered now.
-    fn push(&self, message: pb::ServerMessage) -> Option<u64> {
+    fn push(&self, message: AgentCommand) -> Option<u64> {
         let session = self.session.as_ref()?;
         session.commands.send(message).ok().map(|()| session.id)
     }
@@ -398,12 +398,9 @@ impl Fleet {
         &self,
         state: &mut FleetState,
         agent_id: &AgentId,
-        status: &pb::RunnerStatus,
+        status: &RunnerReport,
     ) -> bool {
-        let Ok(runner_id) = RunnerId::parse(&status.runner_id) else {
-            tracing::warn!(agent = %agent_id, "agent reported a malformed runner id; ignored");
-            return true;
-        };
+        let runner_id = status.runner_id.clone();
         let Some(entry) = state.runners.get_mut(&runner_id) else {
             return false;
         };
@@ -411,10 +408,7 @@ impl Fleet {
             tracing::warn!(runner = %runner_id, agent = %agent_id, "agent reported a runner placed elsewhere; ignored");
             return true;
         }
-        let Some(new_state) = state_from_pb(status.state) else {
-            tracing::warn!(runner = %runner_id, "agent reported an unspecified state; ignored");
-            return true;
-        };
+        let new_state = status.state;
         let old_state = entry.record.state;
         if !old_state.can_become(new_state) {
             tracing::debug!(runner = %runner_id, from = %old_state, to = %new_state, "stale runner state ignored");
@@ -441,13 +435,11 @@ impl Fleet {
             (&mut record.job_started_at_ms, status.job_started_at_ms),
             (&mut record.job_finished_at_ms, status.job_finished_at_ms),
         ] {
-            if slot.is_none() && value > 0 {
-                *slot = i64::try_from(value).ok();
+            if slot.is_none() {
+                *slot = value;
             }
         }
-        if let Some(timings) = &status.timings {
-            self.merge_timings(&mut record.timings, timings);
-        }
+        self.merge_timings(&mut record.timings, &status.timings);
         if status.warm_start_fallback && !entry.fallback_counted {
             entry.fallback_counted = true;
             self.metrics.count_warm_fallback();
@@ -485,7 +477,7 @@ impl Fleet {
         true
     }
 
-    fn merge_timings(&self, into: &mut Timings, from: &pb::PhaseTimings) {
+    fn merge_timings(&self, into: &mut Timings, from: &PhaseTimings) {
         let fields = [
             (&mut into.clone_ms, from.clone_ms, Phase::Clone),
             (&mut into.boot_to_ip_ms, from.boot_to_ip_ms, Phase::BootToIp),
@@ -497,7 +489,7 @@ impl Fleet {
             (&mut into.setup_ms, from.setup_ms, Phase::Setup),
         ];
         for (slot, value, phase) in fields {
-            if value > 0 && slot.is_none() {
+            if let (None, Some(value)) = (&slot, value) {
                 *slot = Some(value);
                 self.metrics.observe_phase(phase, value);
             }
@@ -588,30 +580,3 @@ fn failure_reason(step: &str) -> FailureReason {
         _ => FailureReason::Other,
     }
 }
-
-pub(crate) fn state_from_pb(value: i32) -> Option<RunnerState> {
-    use pb::RunnerState as P;
-    Some(match P::try_from(value).ok()? {
-        P::Unspecified => return None,
-        P::Creating => RunnerState::Creating,
-        P::Booting => RunnerState::Booting,
-        P::SshReady => RunnerState::SshReady,
-        P::Running => RunnerState::Running,
-        P::TearingDown => RunnerState::TearingDown,
-        P::Error => RunnerState::Error,
-        P::Deleted => RunnerState::Deleted,
-    })
-}
-
-pub(crate) fn delete_command(runner_id: &RunnerId) -> pb::ServerMessage {
-    pb::ServerMessage {
-        message: Some(pb::server_message::Message::DeleteRunner(
-            pb::DeleteRunner {
-                runner_id: runner_id.to_string(),
-            },
-        )),
-        sent_at_unix_us: unix_micros(),
-    }
-}
-
-pub(crate) use shoes_vz_model::clock::unix_micros;

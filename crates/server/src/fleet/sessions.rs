@@ -1,11 +1,9 @@
 //! Agents: registration, their Sync sessions, snapshots, reconciliation and liveness.
 
-use super::error::RequestError;
-use super::{delete_command, AgentEntry, Fleet, FleetError, FleetState, Session};
+use super::{AgentEntry, Fleet, FleetError, FleetState, Session};
 use crate::store::{now_ms, AgentRecord, TemplateRecord};
-use shoes_vz_model::ids::validate_name;
-use shoes_vz_model::{AgentId, RunnerId, RunnerState};
-use shoes_vz_protocol::agent::v1 as pb;
+use shoes_vz_model::link::{AgentCommand, AgentReport, RunnerReport};
+use shoes_vz_model::{AgentId, RunnerState};
 use std::collections::HashSet;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -13,16 +11,31 @@ use tokio_util::sync::CancellationToken;
 
 /// A session that ended because its link failed (not closed by the agent): counted with the
 /// silent ones as a missed heartbeat.
-/// The most templates an agent may announce.
-const MAX_TEMPLATES: usize = 256;
-
 pub const STREAM_BROKEN: &str = "the link failed (stream error or unanswered keepalive)";
+
+/// An agent's announcement of itself, checked by the AgentService handler.
+pub struct Registration {
+    pub agent_id: AgentId,
+    pub hostname: String,
+    pub backend: String,
+    pub version: String,
+    pub max_runners: u32,
+    pub cpu_cores: u32,
+    pub memory_mib: u64,
+    pub templates: Vec<TemplateRecord>,
+}
+
+/// The answer to a registration.
+pub struct Registered {
+    /// The agent's own credential, when this registration enrolled it (shown once).
+    pub credential: Option<String>,
+}
 
 /// What an agent's Sync stream handler needs to keep its half of a session.
 pub struct SessionHandle {
     pub agent_id: AgentId,
     pub session_id: u64,
-    pub commands: mpsc::UnboundedReceiver<pb::ServerMessage>,
+    pub commands: mpsc::UnboundedReceiver<AgentCommand>,
     pub cancel: CancellationToken,
 }
 
@@ -32,38 +45,20 @@ impl Fleet {
     /// credential when this call enrolled it.
     pub fn register_agent(
         &self,
-        request: pb::RegisterAgentRequest,
+        registration: Registration,
         presented: &str,
         peer: &str,
-    ) -> Result<pb::RegisterAgentResponse, FleetError> {
-        let agent_id =
-            AgentId::parse(&request.agent_id).map_err(|e| FleetError::Request(e.into()))?;
-        if request.hostname.is_empty() || request.hostname.len() > 253 {
-            return Err(RequestError::BadHostname.into());
-        }
-        if request.templates.len() > MAX_TEMPLATES {
-            return Err(RequestError::TooManyTemplates {
-                count: request.templates.len(),
-                max: MAX_TEMPLATES,
-            }
-            .into());
-        }
-        let capacity = request.capacity.unwrap_or_default();
-        let mut templates = Vec::with_capacity(request.templates.len());
-        for t in request.templates {
-            validate_name("template name", &t.name, 64)
-                .map_err(|e| FleetError::Request(e.into()))?;
-            templates.push(TemplateRecord {
-                name: t.name,
-                version: t.version,
-                backend: t.backend,
-                labels: t.labels,
-                os: t.os,
-                arch: t.arch,
-                max_vcpus: t.max_vcpus,
-                max_memory_mib: t.max_memory_mib,
-            });
-        }
+    ) -> Result<Registered, FleetError> {
+        let Registration {
+            agent_id,
+            hostname,
+            backend,
+            version,
+            max_runners,
+            cpu_cores,
+            memory_mib,
+            templates,
+        } = registration;
         let now = now_ms();
         let mut state = self.lock();
         let admitted = self.admit_agent(&state, &agent_id, presented, peer)?;
@@ -71,11 +66,11 @@ impl Fleet {
         let online = state.agents.get(&agent_id).is_some_and(AgentEntry::ready);
         let record = AgentRecord {
             agent_id: agent_id.clone(),
-            hostname: request.hostname,
-            backend: request.backend,
-            max_runners: capacity.max_runners,
-            cpu_cores: capacity.cpu_cores,
-            memory_mib: capacity.memory_mib,
+            hostname,
+            backend,
+            max_runners,
+            cpu_cores,
+            memory_mib,
             templates,
             online,
             last_seen_ms: now,
@@ -86,7 +81,7 @@ impl Fleet {
                 .is_some_and(|a| a.credential_confirmed && admitted.issued.is_none()),
             revoked: false,
             cordoned: existing.as_ref().is_some_and(|a| a.cordoned),
-            version: request.version,
+            version,
         };
         tracing::info!(agent = %agent_id, hostname = %record.hostname, max_runners = record.max_runners, enrolled = admitted.issued.is_some(), %peer, "agent registered");
         self.writer.upsert_agent(record.clone());
@@ -108,13 +103,8 @@ impl Fleet {
             }
         }
         state.reindex_templates(&agent_id);
-        let t = &self.config.timeouts;
-        let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        Ok(pb::RegisterAgentResponse {
-            snapshot_interval_ms: millis(t.snapshot_interval),
-            credential: admitted.issued.unwrap_or_default(),
-            heartbeat_interval_ms: millis(t.heartbeat_interval),
-            heartbeat_timeout_ms: millis(t.agent_offline_after),
+        Ok(Registered {
+            credential: admitted.issued,
         })
     }
 
@@ -162,7 +152,7 @@ impl Fleet {
         })
     }
 
-    pub fn on_agent_message(&self, agent_id: &AgentId, session_id: u64, message: pb::AgentMessage) {
+    pub fn on_agent_report(&self, agent_id: &AgentId, session_id: u64, report: AgentReport) {
         let mut state = self.lock();
         let Some(entry) = state.agents.get_mut(agent_id) else {
             return;
@@ -171,37 +161,33 @@ impl Fleet {
             return; // a replaced session still draining
         };
         entry.last_seen = Instant::now();
-        match message.message {
-            Some(pb::agent_message::Message::Snapshot(snapshot)) => {
+        match report {
+            AgentReport::Snapshot(runners) => {
                 let first = !session.synced;
                 session.synced = true;
                 let session_id = session.id;
                 if first {
                     entry.record.online = true;
                     self.writer.agent_online(agent_id.clone(), true, now_ms());
-                    tracing::info!(agent = %agent_id, runners = snapshot.runners.len(), "agent online; reconciling");
-                }
-                if first {
+                    tracing::info!(agent = %agent_id, runners = runners.len(), "agent online; reconciling");
                     state.reindex(agent_id);
                 }
-                self.reconcile(&mut state, agent_id, session_id, &snapshot, first);
+                self.reconcile(&mut state, agent_id, session_id, &runners, first);
                 if first {
                     // Its free slots can serve queued calls now.
                     self.pump(&mut state);
                 }
             }
-            Some(pb::agent_message::Message::RunnerUpdate(status)) => {
-                if !self.apply_status(&mut state, agent_id, &status) {
-                    self.delete_stray(&state, agent_id, &status);
+            AgentReport::Update(runner) => {
+                if !self.apply_status(&mut state, agent_id, &runner) {
+                    self.delete_stray(&state, agent_id, &runner);
                 }
             }
-            Some(pb::agent_message::Message::GuestReply(reply)) => {
+            AgentReport::Guest(answer) => {
                 drop(state);
-                self.guest_reply(reply);
+                self.guest_reply(answer);
             }
-            Some(pb::agent_message::Message::Hello(_))
-            | Some(pb::agent_message::Message::Heartbeat(_))
-            | None => {}
+            AgentReport::Heartbeat => {}
         }
     }
 
@@ -245,12 +231,7 @@ impl Fleet {
             if let Some(session) = agent.session.as_mut() {
                 if session.heartbeat_sent.elapsed() >= every {
                     session.heartbeat_sent = Instant::now();
-                    let _ = session.commands.send(pb::ServerMessage {
-                        message: Some(pb::server_message::Message::Heartbeat(pb::Heartbeat {
-                            sent_at_unix_us: super::unix_micros(),
-                        })),
-                        sent_at_unix_us: super::unix_micros(),
-                    });
+                    let _ = session.commands.send(AgentCommand::Heartbeat);
                 }
             }
         }
@@ -285,14 +266,12 @@ impl Fleet {
         state: &mut FleetState,
         agent_id: &AgentId,
         session_id: u64,
-        snapshot: &pb::Snapshot,
+        runners: &[RunnerReport],
         first: bool,
     ) {
         let mut reported = HashSet::new();
-        for status in &snapshot.runners {
-            if let Ok(id) = RunnerId::parse(&status.runner_id) {
-                reported.insert(id);
-            }
+        for status in runners {
+            reported.insert(status.runner_id.clone());
             if !self.apply_status(state, agent_id, status) {
                 self.delete_stray(state, agent_id, status);
             }
@@ -326,21 +305,18 @@ impl Fleet {
         }
         if let Some(agent) = state.agents.get(agent_id) {
             for id in redelete {
-                let _ = agent.push(delete_command(&id));
+                let _ = agent.push(AgentCommand::Delete(id));
             }
         }
     }
 
-    fn delete_stray(&self, state: &FleetState, agent_id: &AgentId, status: &pb::RunnerStatus) {
-        if status.state == pb::RunnerState::Deleted as i32 {
+    fn delete_stray(&self, state: &FleetState, agent_id: &AgentId, status: &RunnerReport) {
+        if status.state == RunnerState::Deleted {
             return;
         }
-        let Ok(id) = RunnerId::parse(&status.runner_id) else {
-            return;
-        };
-        tracing::warn!(agent = %agent_id, runner = %id, "agent has a runner the server does not want; deleting it");
+        tracing::warn!(agent = %agent_id, runner = %status.runner_id, "agent has a runner the server does not want; deleting it");
         if let Some(agent) = state.agents.get(agent_id) {
-            let _ = agent.push(delete_command(&id));
+            let _ = agent.push(AgentCommand::Delete(status.runner_id.clone()));
         }
     }
 }

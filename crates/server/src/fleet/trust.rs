@@ -9,9 +9,10 @@
 //! and its runners are destroyed.
 
 use super::error::AgentRefusal;
-use super::{delete_command, AgentEntry, Fleet, FleetError, FleetState};
+use super::{AgentEntry, Fleet, FleetError, FleetState};
 use crate::credentials;
 use crate::store::{now_ms, AgentRecord};
+use shoes_vz_model::link::AgentCommand;
 use shoes_vz_model::{AgentId, RunnerId};
 
 /// Slots, vCPUs and memory an agent's live runners hold.
@@ -135,7 +136,7 @@ impl Fleet {
             .collect();
         if let Some(agent) = state.agents.get(agent_id) {
             for runner_id in &runners {
-                let _ = agent.push(delete_command(runner_id));
+                let _ = agent.push(AgentCommand::Delete(runner_id.clone()));
             }
         }
         for runner_id in &runners {
