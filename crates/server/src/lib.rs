@@ -6,7 +6,8 @@
 //! - [`fleet`]: the live state of agents and runners and every decision on it.
 //! - [`scheduler`]: pure placement rules.
 //! - [`store`]: durable state (SQLite or PostgreSQL through sqlx Any); [`writer`] orders writes.
-//! - [`shoes_api`], [`operator_api`], [`agent_api`]: thin gRPC handlers; [`auth`]: bearer
+//! - [`shoes_api`], [`operator_api`], [`agent_api`]: thin gRPC handlers, each ending in
+//!   [`respond`] (count, log, answer); [`auth`]: bearer
 //!   tokens; [`credentials`]: agents' own credentials; [`limits`]: request sizes and the codes
 //!   for requests that can never succeed.
 //! - [`metrics`]: Prometheus registry; [`http`]: the `/metrics` endpoint; [`exposition`]: its
@@ -22,6 +23,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod operator_api;
+pub mod respond;
 pub mod scheduler;
 pub mod shoes_api;
 pub mod store;

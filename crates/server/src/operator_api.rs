@@ -3,6 +3,7 @@
 use crate::auth::peer;
 use crate::fleet::error::RequestError;
 use crate::fleet::{Fleet, FleetError};
+use crate::respond::respond;
 use crate::shoes_api::runner_info;
 use crate::store::AgentRecord;
 use futures::Stream;
@@ -22,18 +23,6 @@ pub struct OperatorApi {
 impl OperatorApi {
     pub fn new(fleet: Arc<Fleet>) -> Self {
         Self { fleet }
-    }
-
-    fn finish<T>(
-        &self,
-        method: &'static str,
-        result: Result<T, FleetError>,
-    ) -> Result<Response<T>, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(FleetError::code, |_| tonic::Code::Ok);
-        self.fleet.metrics().count_request(method, code);
-        result.map(Response::new).map_err(Status::from)
     }
 }
 
@@ -153,7 +142,7 @@ impl OperatorService for OperatorApi {
             })
         }
         .await;
-        self.finish("ListRunners", result)
+        respond(self.fleet.metrics(), "ListRunners", result)
     }
 
     async fn get_runner(
@@ -182,7 +171,7 @@ impl OperatorService for OperatorApi {
             })
         }
         .await;
-        self.finish("GetRunner", result)
+        respond(self.fleet.metrics(), "GetRunner", result)
     }
 
     async fn delete_runner(
@@ -196,7 +185,7 @@ impl OperatorService for OperatorApi {
             Err(error) => Err(error),
         };
         let result = result.map(|()| pb::DeleteRunnerResponse {});
-        self.finish("DeleteRunner", result)
+        respond(self.fleet.metrics(), "DeleteRunner", result)
     }
 
     async fn list_agents(
@@ -215,7 +204,7 @@ impl OperatorService for OperatorApi {
                 .map(|(record, online)| agent_info(&self.fleet, record, *online))
                 .collect(),
         });
-        self.finish("ListAgents", result)
+        respond(self.fleet.metrics(), "ListAgents", result)
     }
 
     async fn get_agent(
@@ -242,7 +231,7 @@ impl OperatorService for OperatorApi {
             })
         }
         .await;
-        self.finish("GetAgent", result)
+        respond(self.fleet.metrics(), "GetAgent", result)
     }
 
     async fn set_agent_cordon(
@@ -255,7 +244,7 @@ impl OperatorService for OperatorApi {
             let online = self.fleet.agent_online(&id);
             Ok(agent_info(&self.fleet, &record, online))
         });
-        self.finish("SetAgentCordon", result)
+        respond(self.fleet.metrics(), "SetAgentCordon", result)
     }
 
     async fn revoke_agent(
@@ -267,7 +256,7 @@ impl OperatorService for OperatorApi {
             let record = self.fleet.revoke_agent(&id)?;
             Ok(agent_info(&self.fleet, &record, false))
         });
-        self.finish("RevokeAgent", result)
+        respond(self.fleet.metrics(), "RevokeAgent", result)
     }
 
     async fn runner_exec(
@@ -307,7 +296,7 @@ impl OperatorService for OperatorApi {
             }
         }
         .await;
-        self.finish("RunnerExec", result)
+        respond(self.fleet.metrics(), "RunnerExec", result)
     }
 
     type RunnerLogsStream = LogStream;

@@ -5,6 +5,7 @@
 use crate::fleet::error::RequestError;
 use crate::fleet::instances::AddRequest;
 use crate::fleet::{Fleet, FleetError};
+use crate::respond::respond;
 use crate::store::RunnerRecord;
 use shoes_vz_model::{CloudId, ResourceType, RunnerName};
 use shoes_vz_protocol::shoes::v1 as pb;
@@ -20,24 +21,6 @@ pub struct ShoesApi {
 impl ShoesApi {
     pub fn new(fleet: Arc<Fleet>) -> Self {
         Self { fleet }
-    }
-
-    fn finish<T>(
-        &self,
-        method: &'static str,
-        result: Result<T, FleetError>,
-    ) -> Result<Response<T>, Status> {
-        let code = result
-            .as_ref()
-            .map_or_else(FleetError::code, |_| tonic::Code::Ok);
-        self.fleet.metrics().count_request(method, code);
-        match result {
-            Ok(value) => Ok(Response::new(value)),
-            Err(error) => {
-                tracing::info!(method, code = ?code, error = %error, "request failed");
-                Err(error.into())
-            }
-        }
     }
 }
 
@@ -57,7 +40,7 @@ impl ShoesService for ShoesApi {
             ip_address: outcome.ip_address,
             resource_type: outcome.resource_type.as_i32(),
         });
-        self.finish("AddInstance", result)
+        respond(self.fleet.metrics(), "AddInstance", result)
     }
 
     async fn delete_instance(
@@ -70,7 +53,7 @@ impl ShoesService for ShoesApi {
             Err(error) => Err(error),
         };
         let result = result.map(|()| pb::DeleteInstanceResponse {});
-        self.finish("DeleteInstance", result)
+        respond(self.fleet.metrics(), "DeleteInstance", result)
     }
 }
 

@@ -298,33 +298,23 @@ async fn commit(store: &Store, known: &mut KnownStates, batch: Vec<Op>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{now_ms, AgentRecord, Timings};
-    use shoes_vz_model::{ResourceType, RunnerId, RunnerState};
+    use crate::store::{now_ms, AgentRecord, NewRunner};
+    use shoes_vz_model::{ResourceSpec, ResourceType, RunnerId};
     use sqlx::Connection;
 
     fn runner() -> RunnerRecord {
-        RunnerRecord {
-            runner_id: RunnerId::generate(),
+        let placed = NewRunner {
             runner_name: "myshoes-writer-test".into(),
             agent_id: AgentId::generate(),
             template: "linux".into(),
             resource_type: ResourceType::Small,
-            vcpus: 1,
-            memory_mib: 512,
+            spec: ResourceSpec {
+                vcpus: 1,
+                memory_mib: 512,
+            },
             labels: Vec::new(),
-            state: RunnerState::Creating,
-            delete_requested: false,
-            answered: false,
-            ip_address: String::new(),
-            guest_runner_state: String::new(),
-            error: String::new(),
-            end_reason: String::new(),
-            created_at_ms: now_ms(),
-            updated_at_ms: now_ms(),
-            timings: Timings::default(),
-            job_started_at_ms: None,
-            job_finished_at_ms: None,
-        }
+        };
+        RunnerRecord::new(RunnerId::generate(), placed, now_ms())
     }
 
     fn agent() -> AgentRecord {

@@ -14,7 +14,7 @@ use super::claims::{QueueWaiter, RunnerWaiter};
 use super::queue::Placed;
 use super::{Fleet, FleetError, FleetState, RunnerEntry, RunnerSignal};
 use crate::scheduler::{self, PlacementError};
-use crate::store::{now_ms, RunnerRecord, Timings};
+use crate::store::{now_ms, NewRunner, RunnerRecord};
 use crate::writer::WriteError;
 use shoes_vz_model::link::{AgentCommand, CreateRunner};
 use shoes_vz_model::{CloudId, ResourceSpec, ResourceType, RunnerId, RunnerName, RunnerState};
@@ -248,34 +248,21 @@ impl Fleet {
         arrived: Instant,
     ) -> RunnerId {
         let runner_id = RunnerId::generate();
-        let now = now_ms();
         let queue_ms = u64::try_from(arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.metrics.observe_queue_wait(queue_ms);
-        let record = RunnerRecord {
-            runner_id: runner_id.clone(),
-            runner_name: plan.name.to_string(),
-            agent_id: placement.agent_id,
-            template: placement.template,
-            resource_type: plan.served,
-            vcpus: plan.spec.vcpus,
-            memory_mib: plan.spec.memory_mib,
-            labels: plan.labels.clone(),
-            state: RunnerState::Creating,
-            delete_requested: false,
-            answered: false,
-            ip_address: String::new(),
-            guest_runner_state: String::new(),
-            error: String::new(),
-            end_reason: String::new(),
-            created_at_ms: now,
-            updated_at_ms: now,
-            timings: Timings {
-                queue_ms: Some(queue_ms),
-                ..Timings::default()
+        let mut record = RunnerRecord::new(
+            runner_id.clone(),
+            NewRunner {
+                runner_name: plan.name.to_string(),
+                agent_id: placement.agent_id,
+                template: placement.template,
+                resource_type: plan.served,
+                spec: plan.spec,
+                labels: plan.labels.clone(),
             },
-            job_started_at_ms: None,
-            job_finished_at_ms: None,
-        };
+            now_ms(),
+        );
+        record.timings.queue_ms = Some(queue_ms);
         tracing::info!(runner = %runner_id, runner_name = %plan.name, agent = %record.agent_id, template = %record.template, resource_type = %plan.served, "runner placed");
         let create = CreateRunner {
             runner_id: runner_id.clone(),

@@ -43,13 +43,7 @@ impl Fleet {
     ) -> Result<Admitted, FleetError> {
         let existing = state.agents.get(agent_id).map(|a| &a.record);
         if let Some(record) = existing {
-            if record.revoked {
-                return Err(self.refuse(
-                    agent_id,
-                    peer,
-                    FleetError::Refused(AgentRefusal::Revoked(agent_id.clone())),
-                ));
-            }
+            self.not_revoked(record, peer)?;
             if credentials::matches(presented, &record.credential_hash) {
                 return Ok(Admitted {
                     credential_hash: record.credential_hash.clone(),
@@ -88,13 +82,7 @@ impl Fleet {
         let Some(record) = state.agents.get(agent_id).map(|a| &a.record) else {
             return Err(self.refuse(agent_id, peer, FleetError::NotRegistered(agent_id.clone())));
         };
-        if record.revoked {
-            return Err(self.refuse(
-                agent_id,
-                peer,
-                FleetError::Refused(AgentRefusal::Revoked(agent_id.clone())),
-            ));
-        }
+        self.not_revoked(record, peer)?;
         if credentials::matches(presented, &record.credential_hash) {
             return Ok(());
         }
@@ -103,6 +91,15 @@ impl Fleet {
             peer,
             FleetError::Refused(AgentRefusal::SyncNeedsCredential(agent_id.clone())),
         ))
+    }
+
+    /// A revoked agent is refused whatever it presents.
+    fn not_revoked(&self, record: &AgentRecord, peer: &str) -> Result<(), FleetError> {
+        if !record.revoked {
+            return Ok(());
+        }
+        let revoked = AgentRefusal::Revoked(record.agent_id.clone());
+        Err(self.refuse(&record.agent_id, peer, FleetError::Refused(revoked)))
     }
 
     fn refuse(&self, agent_id: &AgentId, peer: &str, error: FleetError) -> FleetError {

@@ -58,39 +58,36 @@ impl PlacementIndex {
     /// Sets the templates an agent serves (on registration); it keeps its slots and
     /// availability, or starts offline with none.
     pub fn set_templates(&mut self, agent_id: &AgentId, templates: &[TemplateRecord]) {
-        let (availability, slots) = match self.remove(agent_id) {
-            Some(member) => (member.availability, member.slots),
-            None => (Availability::Offline, Slots::default()),
-        };
         let templates = match self.groups.get_key_value(templates) {
             Some((shared, _)) => Arc::clone(shared),
             None => Arc::from(templates),
         };
-        self.insert(
-            agent_id,
-            Member {
+        self.replace(agent_id, |old| match old {
+            Some(member) => Member {
                 templates,
-                availability,
-                slots,
+                ..member
             },
-        );
+            None => Member {
+                templates,
+                availability: Availability::Offline,
+                slots: Slots::default(),
+            },
+        });
     }
 
     /// Records an agent's availability and slots (called whenever either may have changed;
     /// cheap). An agent without templates yet serves nothing until [`Self::set_templates`].
     pub fn set_slots(&mut self, agent_id: &AgentId, availability: Availability, slots: Slots) {
-        let templates = match self.remove(agent_id) {
-            Some(member) => member.templates,
-            None => Arc::from(Vec::new()),
-        };
-        self.insert(
-            agent_id,
-            Member {
-                templates,
-                availability,
-                slots,
-            },
-        );
+        self.replace(agent_id, |old| Member {
+            templates: old.map_or_else(|| Arc::from(Vec::new()), |member| member.templates),
+            availability,
+            slots,
+        });
+    }
+
+    fn replace(&mut self, agent_id: &AgentId, change: impl FnOnce(Option<Member>) -> Member) {
+        let member = change(self.remove(agent_id));
+        self.insert(agent_id, member);
     }
 
     /// Forgets an agent (revoked).

@@ -26,7 +26,7 @@ mod tests;
 
 pub use batch::{KnownStates, Write};
 pub use error::StoreError;
-pub use records::{AgentRecord, RunnerRecord, StateChange, TemplateRecord, Timings};
+pub use records::{AgentRecord, NewRunner, RunnerRecord, StateChange, TemplateRecord, Timings};
 
 use sqlx::{Any, AnyPool, Transaction};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! What the store keeps: agents, runners and each runner's state history.
 
 use serde::{Deserialize, Serialize};
-use shoes_vz_model::{AgentId, CloudId, ResourceType, RunnerId, RunnerState};
+use shoes_vz_model::{AgentId, CloudId, ResourceSpec, ResourceType, RunnerId, RunnerState};
 
 /// An agent as last registered, and whether it is connected now.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,7 +75,44 @@ pub struct RunnerRecord {
     pub job_finished_at_ms: Option<i64>,
 }
 
+/// Where a new runner goes and what it is: everything a runner record starts from.
+#[derive(Debug, Clone)]
+pub struct NewRunner {
+    pub runner_name: String,
+    pub agent_id: AgentId,
+    pub template: String,
+    pub resource_type: ResourceType,
+    pub spec: ResourceSpec,
+    pub labels: Vec<String>,
+}
+
 impl RunnerRecord {
+    /// A runner just placed: creating, nothing measured, nothing answered yet.
+    pub fn new(runner_id: RunnerId, placed: NewRunner, created_at_ms: i64) -> RunnerRecord {
+        RunnerRecord {
+            runner_id,
+            runner_name: placed.runner_name,
+            agent_id: placed.agent_id,
+            template: placed.template,
+            resource_type: placed.resource_type,
+            vcpus: placed.spec.vcpus,
+            memory_mib: placed.spec.memory_mib,
+            labels: placed.labels,
+            state: RunnerState::Creating,
+            delete_requested: false,
+            answered: false,
+            ip_address: String::new(),
+            guest_runner_state: String::new(),
+            error: String::new(),
+            end_reason: String::new(),
+            created_at_ms,
+            updated_at_ms: created_at_ms,
+            timings: Timings::default(),
+            job_started_at_ms: None,
+            job_finished_at_ms: None,
+        }
+    }
+
     /// The id myshoes knows this runner by; also stored in its own unique column.
     pub fn cloud_id(&self) -> CloudId {
         self.runner_id.cloud_id()

@@ -2,7 +2,7 @@
 //! when SHOESVZ_TEST_POSTGRES_URL is set.
 
 use super::*;
-use shoes_vz_model::{AgentId, ResourceType, RunnerId, RunnerState};
+use shoes_vz_model::{AgentId, ResourceSpec, ResourceType, RunnerId, RunnerState};
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!(
@@ -50,28 +50,21 @@ fn agent(hostname: &str) -> AgentRecord {
 
 /// A runner with empty labels and no timings; `created_at_ms` orders listings.
 fn runner(agent_id: &AgentId, created_at_ms: i64) -> RunnerRecord {
-    RunnerRecord {
-        runner_id: RunnerId::generate(),
-        runner_name: "myshoes-1c6f1f80-52b6-4a4c-8a4e-1c0d7d3c9d1e".to_string(),
-        agent_id: agent_id.clone(),
-        template: "macos-15".to_string(),
-        resource_type: ResourceType::Large,
-        vcpus: 4,
-        memory_mib: 8192,
-        labels: Vec::new(),
-        state: RunnerState::Creating,
-        delete_requested: false,
-        answered: false,
-        ip_address: String::new(),
-        guest_runner_state: String::new(),
-        error: String::new(),
-        end_reason: String::new(),
+    RunnerRecord::new(
+        RunnerId::generate(),
+        NewRunner {
+            runner_name: "myshoes-1c6f1f80-52b6-4a4c-8a4e-1c0d7d3c9d1e".to_string(),
+            agent_id: agent_id.clone(),
+            template: "macos-15".to_string(),
+            resource_type: ResourceType::Large,
+            spec: ResourceSpec {
+                vcpus: 4,
+                memory_mib: 8192,
+            },
+            labels: Vec::new(),
+        },
         created_at_ms,
-        updated_at_ms: created_at_ms,
-        timings: Timings::default(),
-        job_started_at_ms: None,
-        job_finished_at_ms: None,
-    }
+    )
 }
 
 /// Changes every mutable field, including timings None → Some and labels.
