@@ -3,6 +3,7 @@
 
 pub mod clone;
 pub mod control_plane;
+pub mod fleet;
 pub mod jobs;
 pub mod startup;
 
@@ -17,6 +18,10 @@ pub enum BenchCommand {
     /// N jobs as myshoes runs them (through the plugin, stand-in runner, test backend): job
     /// throughput, queue wait and slot idle time, with and without reclaiming finished runners.
     Jobs(jobs::JobsArgs),
+    /// The real server with N protocol-level simulated agents (no VM, disk or SSH) under
+    /// myshoes' load: pairs/s, add overhead, server CPU and RSS per 1000 adds, writer lag,
+    /// and the fleet's return after a server restart.
+    Fleet(fleet::FleetArgs),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
@@ -25,5 +30,6 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Clone(args) => clone::run(args).await,
         BenchCommand::Startup(args) => startup::run(args).await,
         BenchCommand::Jobs(args) => jobs::run(args).await,
+        BenchCommand::Fleet(args) => fleet::run(args).await,
     }
 }
