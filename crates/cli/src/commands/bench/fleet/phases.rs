@@ -96,11 +96,11 @@ pub async fn measure(
     };
 
     // The fleet's own cost with nothing to do: heartbeats and snapshots.
-    let before = server.sample()?;
+    let meter = Meter::start(&server)?;
     tokio::time::sleep(args.idle_for).await;
-    let after = server.sample()?;
-    report.startup.server_idle_cpu_ms_per_s =
-        cpu_ms(before, after) / args.idle_for.as_secs_f64().max(0.001);
+    let idle = meter.stop(&server)?;
+    let idle_cpu_ms_per_s = idle.server_ms / idle.wall.as_secs_f64().max(0.001);
+    report.startup.server_idle_cpu_ms_per_s = idle_cpu_ms_per_s;
 
     let max_concurrency = args.concurrency.iter().copied().max().unwrap_or(1);
     let load = Load::connect(
@@ -119,12 +119,21 @@ pub async fn measure(
             &load,
             concurrency,
             args.pairs_at(concurrency),
+            idle_cpu_ms_per_s,
         )
         .await?;
         report.levels.push(level);
     }
-    report.live =
-        hold_every_slot(&mut server, &setup, &fleet, &load, args, max_concurrency).await?;
+    report.live = hold_every_slot(
+        &mut server,
+        &setup,
+        &fleet,
+        &load,
+        args,
+        max_concurrency,
+        idle_cpu_ms_per_s,
+    )
+    .await?;
 
     let first_process_cpu = server.sample()?.cpu;
     report.restart = restart(&mut server, &setup, args.agents).await?;
@@ -155,15 +164,16 @@ async fn run_level(
     load: &Load,
     concurrency: usize,
     count: usize,
+    idle_cpu_ms_per_s: f64,
 ) -> anyhow::Result<Level> {
-    let (server_before, bench_before) = (server.sample()?, proc_stats::sample(None)?);
+    let meter = Meter::start(server)?;
     let sampler = LagSampler::start(server.metrics().clone(), LAG_SAMPLING_UNDER_LOAD);
     let result = load.pairs(concurrency, count).await;
     let writer_lag = sampler.finish().await;
     server.check_alive(setup)?;
     // The work the level caused is counted until its last report is applied and written.
     wait_drained(server.metrics(), fleet).await?;
-    let (server_after, bench_after) = (server.sample()?, proc_stats::sample(None)?);
+    let spent = meter.stop(server)?;
     let adds = result.add.latencies.len();
     let wall_s = result.wall.as_secs_f64();
     Ok(Level {
@@ -184,10 +194,12 @@ async fn run_level(
         },
         add_overhead: Percentiles::of(&result.add.latencies),
         delete: Percentiles::of(&result.delete.latencies),
-        server_cpu_ms_per_1000_adds: per(cpu_ms(server_before, server_after), adds) * 1000.0,
-        bench_cpu_ms_per_1000_adds: per(cpu_ms(bench_before, bench_after), adds) * 1000.0,
-        server_rss_kib: server_after.rss_kib,
-        server_hwm_kib: server_after.hwm_kib,
+        server_cpu_ms_per_1000_adds: per(spent.server_ms, adds) * 1000.0,
+        server_cpu_ms_per_1000_adds_net_of_idle: per(spent.net_of_idle(idle_cpu_ms_per_s), adds)
+            * 1000.0,
+        bench_cpu_ms_per_1000_adds: per(spent.bench_ms, adds) * 1000.0,
+        server_rss_kib: spent.server.rss_kib,
+        server_hwm_kib: spent.server.hwm_kib,
         writer_lag,
     })
 }
@@ -200,14 +212,17 @@ async fn hold_every_slot(
     load: &Load,
     args: &FleetArgs,
     concurrency: usize,
+    idle_cpu_ms_per_s: f64,
 ) -> anyhow::Result<Live> {
     let slots = args.agents * args.max_runners as usize;
-    let (server_before, bench_before) = (server.sample()?, proc_stats::sample(None)?);
+    let meter = Meter::start(server)?;
     let fill_sampler = LagSampler::start(server.metrics().clone(), LAG_SAMPLING_UNDER_LOAD);
     let fill = load.fill(concurrency, slots).await;
     let fill_writer_lag = fill_sampler.finish().await;
-    let (server_after, bench_after) = (server.sample()?, proc_stats::sample(None)?);
     server.check_alive(setup)?;
+    // The fill's cost is counted until its writes are durable (when the server says).
+    wait_writer_idle(server.metrics()).await?;
+    let spent = meter.stop(server)?;
 
     let held = Instant::now();
     let sampler = LagSampler::start(server.metrics().clone(), LAG_SAMPLING_LIVE);
@@ -230,8 +245,9 @@ async fn hold_every_slot(
         fill_concurrency: concurrency.min(slots),
         fill_s: fill.wall.as_secs_f64(),
         add_overhead: Percentiles::of(&fill.add.latencies),
-        server_cpu_ms_per_add: per(cpu_ms(server_before, server_after), adds),
-        bench_cpu_ms_per_add: per(cpu_ms(bench_before, bench_after), adds),
+        server_cpu_ms_per_add: per(spent.server_ms, adds),
+        server_cpu_ms_per_add_net_of_idle: per(spent.net_of_idle(idle_cpu_ms_per_s), adds),
+        bench_cpu_ms_per_add: per(spent.bench_ms, adds),
         fill_writer_lag,
         held_s,
         server_rss_kib: during.rss_kib,
@@ -298,6 +314,26 @@ async fn wait_agents_online(
     Ok((first, None))
 }
 
+/// Waits until the server's store writer has nothing queued (at once when it has no gauge).
+async fn wait_writer_idle(metrics: &MetricsClient) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let queued = metrics
+            .gauges()
+            .await?
+            .get(scrape::WRITER_QUEUE)
+            .unwrap_or(0.0);
+        if queued == 0.0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < DRAIN_TIMEOUT,
+            "the server's store writer still had {queued} queued writes after {DRAIN_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until no runner is left on the simulated agents or in the server, and the server's
 /// store writer (when it says) has nothing queued.
 async fn wait_drained(metrics: &MetricsClient, fleet: &SimFleet) -> anyhow::Result<()> {
@@ -327,8 +363,50 @@ fn online_timeout(agents: usize) -> Duration {
     Duration::from_secs(60).max(Duration::from_millis(30) * agents as u32)
 }
 
-fn cpu_ms(before: ProcSample, after: ProcSample) -> f64 {
-    after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1000.0
+/// CPU spent by the server and by this process over a stretch of the run.
+struct Meter {
+    server: ProcSample,
+    bench: ProcSample,
+    at: Instant,
+}
+
+struct Spent {
+    server_ms: f64,
+    bench_ms: f64,
+    wall: Duration,
+    /// The server at the end of the stretch.
+    server: ProcSample,
+}
+
+impl Meter {
+    fn start(server: &ServerProcess) -> anyhow::Result<Meter> {
+        Ok(Meter {
+            server: server.sample()?,
+            bench: proc_stats::sample(None)?,
+            at: Instant::now(),
+        })
+    }
+
+    fn stop(self, server: &ServerProcess) -> anyhow::Result<Spent> {
+        let (after, bench) = (server.sample()?, proc_stats::sample(None)?);
+        let ms = |before: ProcSample, after: ProcSample| {
+            after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1000.0
+        };
+        Ok(Spent {
+            server_ms: ms(self.server, after),
+            bench_ms: ms(self.bench, bench),
+            wall: self.at.elapsed(),
+            server: after,
+        })
+    }
+}
+
+impl Spent {
+    /// The server's CPU less what the online fleet costs it anyway (heartbeats, snapshots)
+    /// over the same time: an estimate of what the load itself cost.
+    fn net_of_idle(&self, idle_ms_per_s: f64) -> f64 {
+        (self.server_ms - idle_ms_per_s * self.wall.as_secs_f64()).max(0.0)
+    }
 }
 
 fn per(total: f64, count: usize) -> f64 {

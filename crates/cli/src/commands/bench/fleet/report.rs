@@ -77,6 +77,8 @@ pub struct Level {
     pub delete: Percentiles,
     /// CPU per 1000 adds, each with its delete.
     pub server_cpu_ms_per_1000_adds: f64,
+    /// The same less the idle fleet's cost over the level's time (an estimate).
+    pub server_cpu_ms_per_1000_adds_net_of_idle: f64,
     pub bench_cpu_ms_per_1000_adds: f64,
     pub server_rss_kib: u64,
     pub server_hwm_kib: u64,
@@ -94,6 +96,7 @@ pub struct Live {
     pub fill_s: f64,
     pub add_overhead: Percentiles,
     pub server_cpu_ms_per_add: f64,
+    pub server_cpu_ms_per_add_net_of_idle: f64,
     pub bench_cpu_ms_per_add: f64,
     /// The writer's lag while the slots filled.
     pub fill_writer_lag: WriterLag,
@@ -198,11 +201,11 @@ pub fn render_table(report: &FleetReport) -> String {
         ),
     );
     out.push('\n');
-    line(&mut out, "add+delete pairs (add = AddInstance latency - boot delay, ms; CPU ms per 1000 adds, each with its delete)".into());
+    line(&mut out, "add+delete pairs (add = AddInstance latency - boot delay, ms; CPU ms per 1000 adds, each with its delete; srv net = less the idle fleet's CPU)".into());
     line(
         &mut out,
         format!(
-            "{:>5} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>11}",
+            "{:>5} {:>6} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>11}",
             "conc",
             "pairs",
             "errors",
@@ -213,6 +216,7 @@ pub fn render_table(report: &FleetReport) -> String {
             "del p50",
             "del p99",
             "srv CPU",
+            "srv net",
             "bench CPU",
             "RSS MiB",
             "lag max ms"
@@ -220,7 +224,7 @@ pub fn render_table(report: &FleetReport) -> String {
     );
     for l in &report.levels {
         line(&mut out, format!(
-            "{:>5} {:>6} {:>6} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.0} {:>8.1} {:>11}",
+            "{:>5} {:>6} {:>6} {:>8.1} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8.0} {:>8.0} {:>9.0} {:>8.1} {:>11}",
             l.concurrency,
             l.pairs,
             l.add_errors + l.delete_errors,
@@ -231,6 +235,7 @@ pub fn render_table(report: &FleetReport) -> String {
             ms(l.delete.p50_ms),
             ms(l.delete.p99_ms),
             l.server_cpu_ms_per_1000_adds,
+            l.server_cpu_ms_per_1000_adds_net_of_idle,
             l.bench_cpu_ms_per_1000_adds,
             mib(l.server_rss_kib),
             l.writer_lag.short()
@@ -254,10 +259,10 @@ pub fn render_table(report: &FleetReport) -> String {
         0.0
     };
     line(&mut out, format!(
-        "all slots live: {} of {} filled in {:.2} s ({:.1} adds/s, {} at a time); add p50 {} / p95 {} / p99 {} ms; server CPU {:.2} ms per add, bench {:.2} ms per add",
+        "all slots live: {} of {} filled in {:.2} s ({:.1} adds/s, {} at a time); add p50 {} / p95 {} / p99 {} ms; server CPU {:.2} ms per add ({:.2} net of idle), bench {:.2} ms per add",
         lv.filled, lv.slots, lv.fill_s, per_s, lv.fill_concurrency,
         ms(lv.add_overhead.p50_ms), ms(lv.add_overhead.p95_ms), ms(lv.add_overhead.p99_ms),
-        lv.server_cpu_ms_per_add, lv.bench_cpu_ms_per_add
+        lv.server_cpu_ms_per_add, lv.server_cpu_ms_per_add_net_of_idle, lv.bench_cpu_ms_per_add
     ));
     line(
         &mut out,
