@@ -7,8 +7,8 @@ mod common;
 use serde_json::Value;
 use std::time::Duration;
 
-/// Runs a small `bench fleet --output json` and returns its report.
-async fn bench_fleet(database_url: Option<&str>) -> Value {
+/// Runs a small `bench fleet --output json` (with `extra` arguments) and returns its report.
+async fn bench_fleet(database_url: Option<&str>, extra: &[&str]) -> Value {
     let server = &common::processes::binaries().0;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoes-vz"));
     command
@@ -23,6 +23,7 @@ async fn bench_fleet(database_url: Option<&str>) -> Value {
         ])
         .args(["--output", "json", "--server-bin"])
         .arg(server)
+        .args(extra)
         .env_remove("SHOESVZ_BENCH_DATABASE_URL")
         .kill_on_drop(true);
     if let Some(url) = database_url {
@@ -111,8 +112,18 @@ fn assert_plausible(report: &Value, database: &str) {
 
 #[tokio::test]
 async fn bench_fleet_runs_every_phase_on_sqlite() {
-    let report = bench_fleet(None).await;
+    let report = bench_fleet(None, &[]).await;
     assert_plausible(&report, "sqlite");
+    assert_eq!(report["setup"]["agent_connections"], 3, "one per agent");
+}
+
+#[tokio::test]
+async fn bench_fleet_agents_can_share_connections() {
+    // Two agents on one HTTP/2 connection, one on another; they come back after the restart
+    // on the same (reconnected) connections.
+    let report = bench_fleet(None, &["--agents-per-connection", "2"]).await;
+    assert_plausible(&report, "sqlite");
+    assert_eq!(report["setup"]["agent_connections"], 2);
 }
 
 #[tokio::test]
@@ -125,7 +136,7 @@ async fn bench_fleet_runs_every_phase_on_postgres() {
         );
         return;
     };
-    let report = bench_fleet(Some(&url)).await;
+    let report = bench_fleet(Some(&url), &[]).await;
     assert_plausible(&report, "postgres");
     let detail = report["setup"]["database_detail"]
         .as_str()

@@ -69,6 +69,7 @@ pub struct FleetArgs {
     /// The server binary [default: shoes-vz-server beside this program].
     #[arg(long, env = "SHOESVZ_SERVER_BIN")]
     pub server_bin: Option<PathBuf>,
+    /// How the results are printed.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }

@@ -258,3 +258,33 @@ fn spawn(setup: &ServerSetup, start: u32) -> Result<Child, ServerError> {
             source,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_server_binary_says_how_to_build_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let missing = dir.path().join("shoes-vz-server");
+        let error = ServerSetup::new(missing, dir.path(), String::new(), Tokens::random())
+            .err()
+            .expect("no binary there");
+        let message = error.to_string();
+        assert!(
+            message.contains("cargo build --release -p shoes-vz-server")
+                && message.contains("--server-bin"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_two_ports_differ_and_tokens_are_fresh() {
+        let [grpc, metrics] = free_ports().expect("ports");
+        assert_ne!(grpc.port(), metrics.port());
+        let (a, b) = (Tokens::random(), Tokens::random());
+        assert_ne!(a.shoes, b.shoes);
+        assert!(a.shoes.len() >= 16 && a.enrollment.len() >= 16 && a.operator.len() >= 16);
+        assert!(a.shoes != a.enrollment && a.enrollment != a.operator);
+    }
+}

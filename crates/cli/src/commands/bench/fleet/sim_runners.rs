@@ -2,7 +2,8 @@
 //! crates/agent/src/runner/lifecycle.rs), without a VM, a disk or SSH. A create reports
 //! creating, then booting with its clone time; after the boot delay the guest's address (still
 //! booting), ssh-ready and running, with phase timings. A delete reports tearing-down, then
-//! deleted after the delete delay.
+//! deleted after the delete delay. There is no guest: no `guest_runner_state` or job times are
+//! reported, so a runner never ends on its own.
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
