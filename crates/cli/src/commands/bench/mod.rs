@@ -7,6 +7,7 @@ use crate::output::Output;
 
 pub mod clone;
 pub mod control_plane;
+pub mod fleet;
 pub mod jobs;
 pub mod startup;
 
@@ -36,6 +37,10 @@ pub enum BenchCommand {
     /// [{"reclaim_finished", "jobs", "wall_s", "jobs_per_min", "adds_per_job", "queue_wait_ms",
     /// "slot_idle_ms" (percentiles)}]}.
     Jobs(jobs::JobsArgs),
+    /// The real server with N protocol-level simulated agents (no VM, disk or SSH) under
+    /// myshoes' load: pairs/s, add overhead, server CPU and RSS per 1000 adds, writer lag,
+    /// and the fleet's return after a server restart.
+    Fleet(fleet::FleetArgs),
 }
 
 pub async fn run(command: BenchCommand, output: Output) -> anyhow::Result<()> {
@@ -44,5 +49,6 @@ pub async fn run(command: BenchCommand, output: Output) -> anyhow::Result<()> {
         BenchCommand::Clone(args) => clone::run(args, output).await,
         BenchCommand::Startup(args) => startup::run(args, output).await,
         BenchCommand::Jobs(args) => jobs::run(args, output).await,
+        BenchCommand::Fleet(args) => fleet::run(args, output).await,
     }
 }
