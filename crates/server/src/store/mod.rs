@@ -5,7 +5,7 @@
 //! - `records`: the record types callers read and write (re-exported here).
 //! - `agents`, `runners`: the [`Store`] methods for each table.
 //! - `batch`: several writes in one transaction ([`Store::apply`]), as the server's writer
-//!   commits them.
+//!   commits them; `plan`: the fewest statements for them.
 //! - `open`: connecting (pool, SQLite pragmas).
 //! - `migrate`: the embedded schema (`crates/server/migrations/*.sql`) and its version table.
 //! - `sql`, `decode`: statements, and rows back into records.
@@ -18,6 +18,7 @@ mod decode;
 mod error;
 mod migrate;
 mod open;
+mod plan;
 mod records;
 mod runners;
 mod sql;

@@ -3,6 +3,7 @@
 
 use super::batch::{KnownStates, Write};
 use super::decode::{self, opt_to_i64, to_i64, to_json};
+use super::plan::{HistoryRow, Stored};
 use super::records::{RunnerRecord, StateChange};
 use super::{sql, Backend, Store, StoreError};
 use shoes_vz_model::{RunnerId, RunnerState};
@@ -175,62 +176,53 @@ impl Store {
     }
 }
 
-/// [`Store::insert_runner`] inside the caller's transaction.
-pub(super) async fn insert_in(
+/// Runners per INSERT: 26 values each stays far below both databases' parameter limits.
+const INSERT_CHUNK: usize = 500;
+/// History rows per INSERT (5 values each).
+const HISTORY_CHUNK: usize = 2000;
+
+/// Inserts `runners` (new ones, as their last record) in the caller's transaction. A runner_id
+/// or cloud_id already present is [`StoreError::Conflict`].
+pub(super) async fn insert_all(
     tx: &mut Transaction<'static, Any>,
-    runner: &RunnerRecord,
+    runners: &[&RunnerRecord],
 ) -> Result<(), StoreError> {
-    let columns = Columns::of(runner)?;
-    let query = sqlx::query(sql::INSERT_RUNNER)
-        .bind(runner.runner_id.as_str())
-        .bind(runner.cloud_id().to_string())
-        .bind(runner.created_at_ms);
-    let what = || {
-        format!(
-            "runner {} (cloud_id {})",
-            runner.runner_id,
-            runner.cloud_id()
-        )
-    };
-    columns
-        .bind_mutable(query, runner)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::insert("insert a runner", what()))?;
-    append_history(tx, runner, runner.created_at_ms)
-        .await
-        .map_err(StoreError::insert("record a new runner's state", what()))
+    for chunk in runners.chunks(INSERT_CHUNK) {
+        let columns = chunk
+            .iter()
+            .map(|runner| Columns::of(runner))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Built from the column list and placeholder numbers only: no value reaches the text.
+        let statement = sqlx::AssertSqlSafe(sql::insert_runners(chunk.len()));
+        let mut query = sqlx::query(statement);
+        for (runner, columns) in chunk.iter().zip(&columns) {
+            query = columns.bind_mutable(
+                query
+                    .bind(runner.runner_id.as_str())
+                    .bind(runner.cloud_id().to_string())
+                    .bind(runner.created_at_ms),
+                runner,
+            );
+        }
+        let what = match chunk {
+            [one] => format!("runner {} (cloud_id {})", one.runner_id, one.cloud_id()),
+            many => format!("one of {} runners", many.len()),
+        };
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::insert("insert runners", what))?;
+    }
+    Ok(())
 }
 
-/// [`Store::update_runner`] inside the caller's transaction. `stored` is the state the store
-/// holds for the runner when the caller knows it (it wrote it); otherwise it is read, locked.
+/// Overwrites a stored runner's mutable columns in the caller's transaction. An unknown runner
+/// is [`StoreError::NotFound`].
 pub(super) async fn update_in(
     tx: &mut Transaction<'static, Any>,
-    backend: Backend,
     runner: &RunnerRecord,
-    stored: Option<RunnerState>,
 ) -> Result<(), StoreError> {
     let columns = Columns::of(runner)?;
-    let not_found = || StoreError::NotFound {
-        kind: "runner",
-        id: runner.runner_id.to_string(),
-    };
-    // A corrupt stored state counts as changed, so the history shows the repair.
-    let changed = match stored {
-        Some(stored) => stored != runner.state,
-        None => {
-            let read_state = match backend {
-                Backend::Sqlite => sql::RUNNER_STATE_SQLITE,
-                Backend::Postgres => sql::RUNNER_STATE_POSTGRES,
-            };
-            let stored: Option<String> = sqlx::query_scalar(read_state)
-                .bind(runner.runner_id.as_str())
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(StoreError::query("read a runner's state"))?;
-            stored.ok_or_else(not_found)? != runner.state.as_str()
-        }
-    };
     let query = sqlx::query(sql::UPDATE_RUNNER).bind(runner.runner_id.as_str());
     let done = columns
         .bind_mutable(query, runner)
@@ -238,28 +230,61 @@ pub(super) async fn update_in(
         .await
         .map_err(StoreError::query("update a runner"))?;
     if done.rows_affected() == 0 {
-        return Err(not_found());
-    }
-    if changed {
-        append_history(tx, runner, runner.updated_at_ms)
-            .await
-            .map_err(StoreError::query("record a runner's state change"))?;
+        return Err(StoreError::NotFound {
+            kind: "runner",
+            id: runner.runner_id.to_string(),
+        });
     }
     Ok(())
 }
 
-/// Appends `runner.state` as the next history entry; `error` doubles as the detail.
-async fn append_history(
+/// What the store holds for a runner: its state and its history's last number (locked on
+/// PostgreSQL until the transaction ends). An unknown runner is [`StoreError::NotFound`].
+pub(super) async fn read_stored(
     tx: &mut Transaction<'static, Any>,
-    runner: &RunnerRecord,
-    at_ms: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(sql::APPEND_HISTORY)
-        .bind(runner.runner_id.as_str())
-        .bind(runner.state.as_str())
-        .bind(at_ms)
-        .bind(runner.error.as_str())
-        .execute(&mut **tx)
-        .await?;
+    backend: Backend,
+    id: &RunnerId,
+) -> Result<Stored, StoreError> {
+    let statement = match backend {
+        Backend::Sqlite => sql::RUNNER_STATE_SQLITE,
+        Backend::Postgres => sql::RUNNER_STATE_POSTGRES,
+    };
+    let row: Option<(String, i64)> = sqlx::query_as(statement)
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::query("read a runner's state"))?;
+    let (state, last_seq) = row.ok_or_else(|| StoreError::NotFound {
+        kind: "runner",
+        id: id.to_string(),
+    })?;
+    Ok(Stored {
+        state: state.parse().ok(),
+        last_seq,
+    })
+}
+
+/// Appends history rows (numbered by the caller) in the caller's transaction.
+pub(super) async fn append_history(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[HistoryRow<'_>],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(HISTORY_CHUNK) {
+        // Placeholder numbers only: no value reaches the text.
+        let statement = sqlx::AssertSqlSafe(sql::append_history(chunk.len()));
+        let mut query = sqlx::query(statement);
+        for row in chunk {
+            query = query
+                .bind(row.runner_id.as_str())
+                .bind(row.seq)
+                .bind(row.state.as_str())
+                .bind(row.at_ms)
+                .bind(row.detail);
+        }
+        query
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("record runners' state changes"))?;
+    }
     Ok(())
 }

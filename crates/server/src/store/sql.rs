@@ -33,12 +33,40 @@ macro_rules! runner_columns {
     };
 }
 
-pub const INSERT_RUNNER: &str = concat!(
-    "INSERT INTO runners (",
-    runner_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-     $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
-);
+/// Columns of a runner row.
+pub const RUNNER_COLUMNS: usize = 26;
+
+/// `rows` runners in one statement.
+pub fn insert_runners(rows: usize) -> String {
+    format!(
+        "INSERT INTO runners ({}) VALUES {}",
+        runner_columns!(),
+        values(rows, RUNNER_COLUMNS)
+    )
+}
+
+pub const HISTORY_COLUMNS: usize = 5;
+
+/// `rows` history rows in one statement, each with its number.
+pub fn append_history(rows: usize) -> String {
+    format!(
+        "INSERT INTO runner_history (runner_id, seq, state, at_ms, detail) VALUES {}",
+        values(rows, HISTORY_COLUMNS)
+    )
+}
+
+/// `($1, …, $c), ($c+1, …), …` for `rows` rows of `columns` values.
+fn values(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = (1..=columns)
+                .map(|column| format!("${}", row * columns + column))
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Overwrites the mutable columns; `runner_id` ($1) is the key, `cloud_id` and
 /// `created_at_ms` never change.
@@ -86,15 +114,13 @@ pub const LIST_UNRELEASED_RUNNERS: &str = concat!(
      ORDER BY created_at_ms, runner_id"
 );
 
-/// The stored state, read inside a write transaction. SQLite already holds the database
-/// write lock (BEGIN IMMEDIATE); PostgreSQL needs the row lock so two updates of one runner
-/// cannot both see the old state.
-pub const RUNNER_STATE_SQLITE: &str = "SELECT state FROM runners WHERE runner_id = $1";
-pub const RUNNER_STATE_POSTGRES: &str = "SELECT state FROM runners WHERE runner_id = $1 FOR UPDATE";
-
-pub const APPEND_HISTORY: &str =
-    "INSERT INTO runner_history (runner_id, seq, state, at_ms, detail) \
-     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM runner_history WHERE runner_id = $1";
+/// The stored state and the history's last number, read inside a write transaction. SQLite
+/// already holds the database write lock (BEGIN IMMEDIATE); PostgreSQL needs the row lock so
+/// two updates of one runner cannot both see the old state.
+pub const RUNNER_STATE_SQLITE: &str = "SELECT state, (SELECT COALESCE(MAX(seq), 0) \
+     FROM runner_history WHERE runner_id = $1) FROM runners WHERE runner_id = $1";
+pub const RUNNER_STATE_POSTGRES: &str = "SELECT state, (SELECT COALESCE(MAX(seq), 0) \
+     FROM runner_history WHERE runner_id = $1) FROM runners WHERE runner_id = $1 FOR UPDATE";
 
 pub const HISTORY: &str = "SELECT seq, state, at_ms, detail FROM runner_history \
      WHERE runner_id = $1 ORDER BY seq";

@@ -628,7 +628,11 @@ async fn batches(store: &Store) {
             RunnerState::Running
         ]
     );
-    assert_eq!(known.get(&first.runner_id), Some(RunnerState::Running));
+    let stored = known.get(&first.runner_id).expect("known");
+    assert_eq!(
+        (stored.state, stored.last_seq),
+        (Some(RunnerState::Running), 4)
+    );
     let stored = store.list_agents().await.expect("agents");
     let stored = stored
         .iter()
