@@ -1,9 +1,11 @@
 //! Runner bundles: `<runners_dir>/<runner id>.bundle/` holding the template's disk files
 //! cloned copy-on-write, a fresh machine identifier, the runner's SSH keys and
 //! `RuntimeMetadata.json`. A half-built bundle is removed before the error is returned.
+//! Nothing in a bundle is fsynced: it lives no longer than its runner, and an agent restarted
+//! after a crash removes what its predecessor left.
 
 use crate::config::CloneMode;
-use crate::fsutil::write_json_atomic;
+use crate::fsutil::replace_json;
 use crate::template::Template;
 use serde::{Deserialize, Serialize};
 use shoes_vz_model::RunnerId;
@@ -90,6 +92,12 @@ pub struct RuntimeMetadata {
     pub boot_to_ip_ms: Option<u64>,
     pub boot_to_ssh_ms: Option<u64>,
     pub setup_ms: Option<u64>,
+    /// Host work before the VM started (keys, clone, bundle files, config disk).
+    pub prepare_ms: Option<u64>,
+    /// The hypervisor starting or restoring the VM.
+    pub vm_start_ms: Option<u64>,
+    /// A restored guest's identity refresh, its notice included.
+    pub refresh_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +115,7 @@ impl Bundle {
 
     pub fn write_runtime_metadata(&self, metadata: &RuntimeMetadata) -> Result<(), BundleError> {
         let path = self.dir.join(RUNTIME_METADATA_FILE);
-        write_json_atomic(&path, metadata).map_err(|source| BundleError::Io {
+        replace_json(&path, metadata).map_err(|source| BundleError::Io {
             action: "write",
             path,
             source,
@@ -166,7 +174,7 @@ fn fill(
     }
     let clone_time = started.elapsed();
     let path = dir.join(MACHINE_IDENTIFIER_FILE);
-    write_json_atomic(&path, &machine_identifier).map_err(|source| BundleError::Io {
+    replace_json(&path, &machine_identifier).map_err(|source| BundleError::Io {
         action: "write",
         path,
         source,
@@ -191,14 +199,12 @@ pub fn clone_file(src: &Path, dst: &Path, mode: CloneMode) -> Result<(), BundleE
             })
         }
         CloneMode::Copy => {
-            tracing::warn!(src = %src.display(), "clone_mode = \"copy\": copying the whole file (slow, no copy-on-write)");
-            std::fs::copy(src, dst)
-                .map(|_| ())
-                .map_err(|source| BundleError::Io {
-                    action: "copy to",
-                    path: dst.to_path_buf(),
-                    source,
-                })
+            tracing::warn!(src = %src.display(), "clone_mode = \"copy\": copying the file's data (slow, no copy-on-write)");
+            crate::fsutil::copy_sparse(src, dst).map_err(|source| BundleError::Io {
+                action: "copy to",
+                path: dst.to_path_buf(),
+                source,
+            })
         }
     }
 }

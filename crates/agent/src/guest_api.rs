@@ -6,8 +6,8 @@
 
 use shoes_vz_guest_config::{ApiToken, GuestConfig};
 use shoes_vz_runner_agent::{
-    ExecRequest, ExecResponse, RefreshRequest, SetupLogChunk, SetupLogRequest, SetupRequest,
-    SetupStarted, StatusResponse,
+    ExecRequest, ExecResponse, RefreshReport, RefreshRequest, SetupLogChunk, SetupLogRequest,
+    SetupRequest, SetupStarted, StatusResponse,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -75,6 +75,17 @@ pub enum GuestApiError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl GuestApiError {
+    /// The runner-agent refused the request as malformed (400), e.g. a field it predates.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            GuestApiError::Status { status: 400, .. }
+                | GuestApiError::ChannelStatus { status: 400, .. }
+        )
+    }
 }
 
 #[derive(Clone)]
@@ -184,20 +195,25 @@ impl GuestApi {
     }
 
     /// Hands the guest a new identity (after a warm restore); the current token authorizes it.
-    pub async fn refresh(&self, config: GuestConfig) -> Result<(), GuestApiError> {
+    /// With `reply_notice` the guest answers with its signed notice instead of notifying
+    /// (older runner-agents refuse that: [`GuestApiError::is_bad_request`]).
+    pub async fn refresh(
+        &self,
+        config: GuestConfig,
+        reply_notice: bool,
+    ) -> Result<RefreshReport, GuestApiError> {
         let request = RefreshRequest {
             config: Some(config),
             config_device: None,
+            reply_notice,
         };
-        let _: serde_json::Value = self
-            .call(
-                reqwest::Method::POST,
-                "/refresh",
-                Some(&request),
-                Duration::from_secs(30),
-            )
-            .await?;
-        Ok(())
+        self.call(
+            reqwest::Method::POST,
+            "/refresh",
+            Some(&request),
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     async fn call<B: serde::Serialize, T: serde::de::DeserializeOwned>(

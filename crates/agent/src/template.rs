@@ -79,6 +79,10 @@ pub struct SavedState {
     /// guest: it authorizes the `/refresh` that gives each restored clone its own identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_token_file: Option<String>,
+    /// The saved guest's RAM (a plain file name in the template directory), when it was kept
+    /// as a file: restores map it copy-on-write instead of loading it from the state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram_file: Option<String>,
 }
 
 /// A kernel (uncompressed `vmlinux`, booted through its PVH entry) and an initramfs, as
@@ -229,12 +233,14 @@ pub fn load(dir: &Path) -> Result<Template, TemplateError> {
     });
     let disk_files = metadata.disk_files.iter().map(|file| ("disk file", file));
     let state_file = metadata.saved_state.iter().flat_map(|state| {
-        std::iter::once(("saved state", &state.file)).chain(
-            state
-                .guest_token_file
-                .iter()
-                .map(|file| ("guest token file", file)),
-        )
+        std::iter::once(("saved state", &state.file))
+            .chain(
+                state
+                    .guest_token_file
+                    .iter()
+                    .map(|file| ("guest token file", file)),
+            )
+            .chain(state.ram_file.iter().map(|file| ("saved RAM file", file)))
     });
     for (kind, file) in disk_files.chain(boot_files).chain(state_file) {
         // One plain component: a template can never make the agent read from outside itself.

@@ -203,6 +203,10 @@ async fn accept_loop(listener: TcpListener, config: Arc<server::Config>, shared:
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // russh applies `Config::nodelay` only to sockets it accepts itself. With
+                    // Nagle on, its back-to-back small writes wait for the client's delayed
+                    // ACK: 40 ms, twice per readiness probe.
+                    let _ = stream.set_nodelay(true);
                     connections.spawn(serve_connection(stream, peer, Arc::clone(&config), Arc::clone(&shared)));
                 }
                 Err(err) => {

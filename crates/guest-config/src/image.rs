@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
+use crate::sparse::SparseDisk;
+
 use crate::config::{ConfigError, GuestConfig, MAX_CONFIG_JSON_BYTES};
 
 /// The FAT volume label (11 bytes, space padded). macOS mounts the volume under this name.
@@ -69,21 +71,66 @@ pub enum ImageError {
 /// The image is built in memory and written beside `path`, then renamed over it, so the
 /// hypervisor never attaches a half-written disk and an existing file is replaced whole.
 pub fn write_image(path: &Path, config: &GuestConfig) -> Result<(), ImageError> {
-    let json = config.to_json().map_err(ImageError::Encode)?;
-    let image = build_image(&json)?;
-    write_atomically(path, &image)
+    ConfigImage::encode(config)?.write(path)
+}
+
+/// [`write_image`] for a disk that lives no longer than the one VM it is attached to (a
+/// runner's): see [`ConfigImage::write_ephemeral`].
+pub fn write_ephemeral_image(path: &Path, config: &GuestConfig) -> Result<(), ImageError> {
+    ConfigImage::encode(config)?.write_ephemeral(path)
+}
+
+/// A config disk image built in memory, ready to write; built apart from the write so a
+/// caller can make it while other work (a runner's clone) runs. Only the blocks with data are
+/// held (and written: the file is sparse), and they are wiped when dropped: they hold the
+/// runner's secrets.
+pub struct ConfigImage(SparseDisk);
+
+impl ConfigImage {
+    pub fn encode(config: &GuestConfig) -> Result<ConfigImage, ImageError> {
+        let json = config.to_json().map_err(ImageError::Encode)?;
+        Ok(ConfigImage(build_sparse(&json)?))
+    }
+
+    /// Writes the image at `path` (mode 0600), durably; see [`write_image`].
+    pub fn write(&self, path: &Path) -> Result<(), ImageError> {
+        write_atomically(path, &self.0, Durability::Synced)
+    }
+
+    /// Writes the image at `path` (mode 0600) for a disk that lives no longer than the one VM
+    /// it is attached to (a runner's): renamed into place whole, but not fsynced. A host
+    /// crash ends that VM too, so the sync would buy nothing, and it costs the runner's start
+    /// milliseconds.
+    pub fn write_ephemeral(&self, path: &Path) -> Result<(), ImageError> {
+        write_atomically(path, &self.0, Durability::Unsynced)
+    }
+}
+
+impl std::fmt::Debug for ConfigImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConfigImage(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    Synced,
+    Unsynced,
 }
 
 /// The image bytes for `json` (held in wiped memory: they contain secrets).
 pub fn build_image(json: &[u8]) -> Result<Zeroizing<Vec<u8>>, ImageError> {
-    let mut image = Zeroizing::new(vec![0u8; IMAGE_BYTES]);
+    build_sparse(json)?.to_bytes().map_err(ImageError::Build)
+}
+
+fn build_sparse(json: &[u8]) -> Result<SparseDisk, ImageError> {
+    let mut disk = SparseDisk::new(IMAGE_BYTES as u64);
+    fatfs::format_volume(
+        &mut disk,
+        fatfs::FormatVolumeOptions::new().volume_label(VOLUME_LABEL),
+    )
+    .map_err(ImageError::Build)?;
     {
-        let mut disk = Cursor::new(image.as_mut_slice());
-        fatfs::format_volume(
-            &mut disk,
-            fatfs::FormatVolumeOptions::new().volume_label(VOLUME_LABEL),
-        )
-        .map_err(ImageError::Build)?;
         let options = fatfs::FsOptions::new().time_provider(&UTC_NOW);
         let fs = fatfs::FileSystem::new(&mut disk, options).map_err(ImageError::Build)?;
         {
@@ -96,7 +143,7 @@ pub fn build_image(json: &[u8]) -> Result<Zeroizing<Vec<u8>>, ImageError> {
         }
         fs.unmount().map_err(ImageError::Build)?;
     }
-    Ok(image)
+    Ok(disk)
 }
 
 /// File timestamps in UTC from the system clock (fatfs without its `chrono` feature would
@@ -150,7 +197,11 @@ fn dos_date_time(unix_secs: u64) -> fatfs::DateTime {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+fn write_atomically(
+    path: &Path,
+    disk: &SparseDisk,
+    durability: Durability,
+) -> Result<(), ImageError> {
     let io_err = |op, source| ImageError::Io {
         op,
         path: path.to_path_buf(),
@@ -174,22 +225,37 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     let written = (|| {
         // A crash may have left this name behind; `create_new` must not trip on it.
         let _ = std::fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        write_sparse(&file, disk)?;
+        if durability == Durability::Synced {
+            file.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable.
-        File::open(dir)?.sync_all()
+        if durability == Durability::Synced {
+            // Make the rename itself durable.
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if let Err(source) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(io_err("write the config disk image", source));
     }
     Ok(())
+}
+
+/// Writes the blocks that hold data, then sets the length: the rest reads back as zeros
+/// from the holes.
+fn write_sparse(file: &File, disk: &SparseDisk) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    for (offset, block) in disk.blocks() {
+        file.write_all_at(block, offset)?;
+    }
+    file.set_len(disk.len())
 }
 
 /// Reads the config from a config disk: an image file or a raw block device.
@@ -248,9 +314,16 @@ fn open_device(path: &Path) -> Result<File, ImageError> {
 #[cfg(target_os = "linux")]
 fn drop_cached_pages(file: &File) {
     use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
-    // Best effort: a plain image file has nothing stale, and an error only means we read
-    // through the cache as usual.
-    let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    use std::os::unix::fs::FileTypeExt;
+    // A plain image file has nothing stale, and dropping its pages would only start writing
+    // back a fresh, unsynced image and then read it from the disk again.
+    let is_block_device = file
+        .metadata()
+        .is_ok_and(|meta| meta.file_type().is_block_device());
+    if is_block_device {
+        // Best effort: an error only means we read through the cache as usual.
+        let _ = posix_fadvise(file, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -458,6 +531,28 @@ mod tests {
             read_image(&path)?.api_token.expose(),
             second.api_token.expose()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn an_ephemeral_image_replaces_the_old_one_whole_with_mode_0600() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("config.img");
+        std::fs::write(&path, b"old")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        let config = sample();
+        write_ephemeral_image(&path, &config)?;
+        let meta = std::fs::metadata(&path)?;
+        assert_eq!(meta.len(), IMAGE_BYTES as u64);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // Only the FAT structures and the JSON were written; the rest is holes.
+        use std::os::unix::fs::MetadataExt;
+        assert!(meta.blocks() * 512 < 256 * 1024, "{} blocks", meta.blocks());
+        assert_eq!(
+            read_image(&path)?.api_token.expose(),
+            config.api_token.expose()
+        );
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1, "temp file left");
         Ok(())
     }
 

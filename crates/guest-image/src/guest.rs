@@ -36,11 +36,6 @@ pub const SCRIPTS: &[(&str, u32, &str)] = &[
         include_str!("../guest/install-host-key"),
     ),
     (
-        "/etc/shoesvz/restart-ssh",
-        0o755,
-        include_str!("../guest/restart-ssh"),
-    ),
-    (
         "/etc/acpi/PWRF/00000080",
         0o755,
         include_str!("../guest/power-button"),

@@ -25,10 +25,11 @@
 //!   and mounted at `/home/runner` (user `runner`, uid 1000, shell `/bin/sh`).
 //! - Boot (`guest/rcS`): modules, DHCP from QEMU's user network (fallback 10.0.2.15/24 via
 //!   10.0.2.2), `SHOESVZ_GUEST_IP=<addr>` on the serial console, the disk. Then busybox init
-//!   runs the runner-agent (`--dropbear-host-key-path /etc/dropbear/dropbear_ed25519_host_key
-//!   --host-key-post-cmd /etc/shoesvz/restart-ssh`), which installs the authorized key and the
-//!   host key (in dropbear's own format) from the config disk; dropbear starts on :22 once the
-//!   host key exists, and restarts at once when a refresh replaces it.
+//!   runs the runner-agent (`--dropbear-host-key-path /etc/dropbear/dropbear_ed25519_host_key`),
+//!   which installs the authorized key (into `~/.ssh`, a tmpfs) and the host key (in dropbear's
+//!   own format) from the config disk; dropbear starts on :22 once the host key exists. It
+//!   re-executes itself per connection and reads the key file again, so a refresh's new key
+//!   needs no restart.
 //!   No host key is ever generated in the guest: the agent pins the one it made.
 //! - The ACPI power button (QMP `system_powerdown`) powers the guest off through acpid.
 //!

@@ -106,7 +106,7 @@ pub enum AgentReport {
     /// Everything it runs (on connect, then every snapshot interval).
     Snapshot(Vec<RunnerReport>),
     /// One runner changed.
-    Update(RunnerReport),
+    Update(Box<RunnerReport>),
     Guest(GuestAnswer),
     Heartbeat,
 }
@@ -141,6 +141,12 @@ pub struct PhaseTimings {
     pub boot_to_ip_ms: Option<u64>,
     pub boot_to_ssh_ms: Option<u64>,
     pub setup_ms: Option<u64>,
+    /// Host work before the VM starts: keys, the clone, the bundle's files, the config disk.
+    pub prepare_ms: Option<u64>,
+    /// The hypervisor starting the VM, or restoring a saved state until the guest runs.
+    pub vm_start_ms: Option<u64>,
+    /// A restored guest taking this runner's identity (`None` for a cold boot).
+    pub refresh_ms: Option<u64>,
 }
 
 #[cfg(test)]

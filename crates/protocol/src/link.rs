@@ -77,6 +77,9 @@ pub fn runner_report_to_pb(report: RunnerReport) -> pb::RunnerStatus {
             boot_to_ip_ms: t.boot_to_ip_ms.unwrap_or(0),
             boot_to_ssh_ms: t.boot_to_ssh_ms.unwrap_or(0),
             setup_ms: t.setup_ms.unwrap_or(0),
+            prepare_ms: t.prepare_ms.unwrap_or(0),
+            vm_start_ms: t.vm_start_ms.unwrap_or(0),
+            refresh_ms: t.refresh_ms.unwrap_or(0),
         }),
         guest_runner_state: report.guest_runner_state,
         warm_start_fallback: report.warm_start_fallback,
@@ -99,6 +102,9 @@ pub fn runner_report_from_pb(status: pb::RunnerStatus) -> Result<RunnerReport, L
             boot_to_ip_ms: measured(t.boot_to_ip_ms),
             boot_to_ssh_ms: measured(t.boot_to_ssh_ms),
             setup_ms: measured(t.setup_ms),
+            prepare_ms: measured(t.prepare_ms),
+            vm_start_ms: measured(t.vm_start_ms),
+            refresh_ms: measured(t.refresh_ms),
         },
         guest_runner_state: status.guest_runner_state,
         warm_start_fallback: status.warm_start_fallback,
@@ -217,7 +223,7 @@ pub fn report_to_pb(report: AgentReport) -> pb::AgentMessage {
         AgentReport::Snapshot(runners) => Message::Snapshot(pb::Snapshot {
             runners: runners.into_iter().map(runner_report_to_pb).collect(),
         }),
-        AgentReport::Update(runner) => Message::RunnerUpdate(runner_report_to_pb(runner)),
+        AgentReport::Update(runner) => Message::RunnerUpdate(runner_report_to_pb(*runner)),
         AgentReport::Guest(answer) => Message::GuestReply(guest_answer_to_pb(answer)),
         AgentReport::Heartbeat => Message::Heartbeat(pb::Heartbeat {
             sent_at_unix_us: unix_micros(),
@@ -240,7 +246,9 @@ pub fn report_from_pb(message: pb::AgentMessage) -> Result<AgentReport, LinkErro
                 .map(runner_report_from_pb)
                 .collect::<Result<_, _>>()?,
         ),
-        Message::RunnerUpdate(status) => AgentReport::Update(runner_report_from_pb(status)?),
+        Message::RunnerUpdate(status) => {
+            AgentReport::Update(Box::new(runner_report_from_pb(status)?))
+        }
         Message::GuestReply(reply) => AgentReport::Guest(guest_answer_from_pb(reply)),
         Message::Hello(_) | Message::Heartbeat(_) => AgentReport::Heartbeat,
     })
@@ -301,6 +309,9 @@ mod tests {
                 boot_to_ip_ms: None,
                 boot_to_ssh_ms: Some(900),
                 setup_ms: None,
+                prepare_ms: Some(40),
+                vm_start_ms: Some(12),
+                refresh_ms: None,
             },
             guest_runner_state: "idle".into(),
             warm_start_fallback: true,
@@ -337,7 +348,7 @@ mod tests {
             assert_eq!(back, command);
         }
         for state in RunnerState::ALL {
-            let sent = AgentReport::Update(report(state));
+            let sent = AgentReport::Update(Box::new(report(state)));
             assert_eq!(
                 report_from_pb(report_to_pb(sent.clone())).expect("back"),
                 sent

@@ -38,6 +38,9 @@ pub struct AgentOptions {
     pub setup: SetupOptions,
     /// Also serve the API on this vsock port (macOS guests under vz: `crate::vsock`).
     pub vsock_port: Option<u32>,
+    /// The HTTP client for notifies, when the caller has one to share (the test backend runs
+    /// many runner-agents in one process); else one is built (it loads the TLS roots).
+    pub notify_client: Option<reqwest::Client>,
 }
 
 impl Default for AgentOptions {
@@ -52,6 +55,7 @@ impl Default for AgentOptions {
             max_concurrent_execs: 8,
             setup: SetupOptions::default(),
             vsock_port: None,
+            notify_client: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub enum RefreshError {
     Load(#[from] LoadError),
     #[error("could not install the new identity; the old token stays in force")]
     Identity(#[from] IdentityError),
+    #[error("could not sign the new identity's notice; the old token stays in force")]
+    Notice(#[source] shoes_vz_guest_config::NotifyError),
 }
 
 /// Reads the config from `device`, or from the first config disk found, retrying for up to
@@ -138,6 +144,8 @@ pub enum NotifyState {
     Pending,
     Accepted,
     Failed,
+    /// Handed to the host in the answer to its `/refresh` instead of sent (no notify runs).
+    Replied,
 }
 
 /// State shared by the HTTP handlers and the notify task.
@@ -163,15 +171,32 @@ impl Shared {
         self.config().api_token.clone()
     }
 
-    /// (Re)starts notifying the host as `config`'s runner, cancelling an earlier notify.
-    fn start_notify(self: &Arc<Self>, config: &GuestConfig) {
-        let cancel = self.shutdown.child_token();
-        let target = NotifyTarget {
+    fn notify_target(&self, config: &GuestConfig) -> NotifyTarget {
+        NotifyTarget {
             runner_id: config.runner_id.clone(),
             token: config.api_token.clone(),
             url: config.notify_url.clone(),
             http_port: self.http_port,
-        };
+        }
+    }
+
+    /// Ends an earlier identity's notify, if one still runs.
+    fn stop_notify(&self) {
+        let previous = self
+            .notifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((old_cancel, old_task)) = previous {
+            old_cancel.cancel();
+            old_task.abort();
+        }
+    }
+
+    /// (Re)starts notifying the host as `config`'s runner, cancelling an earlier notify.
+    fn start_notify(self: &Arc<Self>, config: &GuestConfig) {
+        let cancel = self.shutdown.child_token();
+        let target = self.notify_target(config);
         let shared = Arc::clone(self);
         let task_cancel = cancel.clone();
         self.notify_state.send_replace(NotifyState::Pending);
@@ -206,11 +231,15 @@ impl Shared {
     }
 
     /// Swaps in a new identity: the token changes only after everything is installed.
+    /// With `reply_notice` the signed notice goes back in the answer (the caller is the host,
+    /// on its private channel) and no notify is sent; without, the runner-agent notifies.
     pub(crate) async fn refresh(
         self: &Arc<Self>,
         source: RefreshSource,
+        reply_notice: bool,
     ) -> Result<RefreshReport, RefreshError> {
         let _one_at_a_time = self.refresh_lock.lock().await;
+        let started = Instant::now();
         let config = match source {
             RefreshSource::Inline(config) => {
                 config.validate().map_err(RefreshError::Invalid)?;
@@ -224,6 +253,14 @@ impl Shared {
             }
         };
         let install = identity::install(&config, &self.opts.identity).await?;
+        let signed = if reply_notice {
+            Some(
+                notify::signed_notice(&self.notify_target(&config))
+                    .map_err(RefreshError::Notice)?,
+            )
+        } else {
+            None
+        };
         let old = self.config();
         if config.http_listen != old.http_listen && self.opts.listen.is_none() {
             warn!(old = %old.http_listen, new = %config.http_listen, "a refresh cannot move the HTTP listener; keeping the old address");
@@ -231,10 +268,27 @@ impl Shared {
         info!(old_runner_id = %old.runner_id, runner_id = %config.runner_id, "identity refreshed");
         self.setups.adopt(&config.runner_id);
         *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config.clone());
-        self.start_notify(&config);
+        let notice = match signed {
+            Some(signed) => {
+                self.stop_notify();
+                self.notify_state.send_replace(NotifyState::Replied);
+                Some(ReplyNotice {
+                    body: String::from_utf8_lossy(&signed.body).into_owned(),
+                    signature: signed.signature,
+                })
+            }
+            None => {
+                self.start_notify(&config);
+                None
+            }
+        };
+        let took_us = identity::micros(started.elapsed());
+        debug!(took_us, "refresh handled");
         Ok(RefreshReport {
             runner_id: config.runner_id,
             install,
+            took_us,
+            notice,
         })
     }
 }
@@ -251,6 +305,30 @@ pub(crate) enum RefreshSource {
 pub struct RefreshReport {
     pub runner_id: String,
     pub install: InstallReport,
+    /// The whole refresh in the guest, in microseconds (0 from older runner-agents).
+    #[serde(default)]
+    pub took_us: u64,
+    /// The signed notice, when the request asked for it in the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<ReplyNotice>,
+}
+
+/// A notify's body and signature, handed back in an answer instead of sent: the host verifies
+/// it exactly as a notify (`shoes_vz_guest_config::NotifyVerifier`).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ReplyNotice {
+    /// The notify's JSON body, as signed.
+    pub body: String,
+    pub signature: String,
+}
+
+impl std::fmt::Debug for ReplyNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nothing secret, but a signature is no use in a log.
+        f.debug_struct("ReplyNotice")
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running runner-agent: HTTP API served, notify under way. Stops on
@@ -295,6 +373,10 @@ impl RunningAgent {
         let shutdown = CancellationToken::new();
         let setups = Setups::new(&opts.identity.root, opts.setup.clone(), shutdown.clone());
         setups.adopt(&config.runner_id);
+        let client = match opts.notify_client.clone() {
+            Some(client) => client,
+            None => notify::client()?,
+        };
         let shared = Arc::new(Shared {
             exec_slots: Arc::new(Semaphore::new(opts.max_concurrent_execs.max(1))),
             opts,
@@ -302,7 +384,7 @@ impl RunningAgent {
             http_port: local_addr.port(),
             notifier: Mutex::new(None),
             refresh_lock: tokio::sync::Mutex::new(()),
-            client: notify::client()?,
+            client,
             shutdown,
             notify_state,
             setups,

@@ -218,6 +218,28 @@ fn plan(request: ExecRequest, root: &Path, limits: &ExecLimits) -> Result<Plan, 
 }
 
 /// A shell is a bare program name (`sh`, `bash`, found on PATH) or an absolute path.
+/// `program` as the path [`PATH`] finds it (a name without `/`), else unchanged. A child
+/// spawned by path can be started with `posix_spawn`; by bare name with its own `PATH`, Rust's
+/// `Command` has to `fork` the whole daemon to search that `PATH` in the child, which costs a
+/// process holding many threads and much memory (the test backend runs many runner-agents in
+/// one) a copy of its page tables per start.
+pub(crate) fn resolve_program(program: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if !program.contains('/') {
+        let found = PATH
+            .split(':')
+            .map(|dir| Path::new(dir).join(program))
+            .find(|path| {
+                std::fs::metadata(path)
+                    .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+            });
+        if let Some(path) = found {
+            return path;
+        }
+    }
+    PathBuf::from(program)
+}
+
 pub(crate) fn validate_shell(shell: &str) -> Result<(), ExecError> {
     let bare_name = !shell.is_empty()
         && shell
@@ -410,6 +432,18 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_program_name_resolves_to_its_path_and_others_stay() {
+        let sh = resolve_program("sh");
+        assert!(sh.is_absolute(), "{}", sh.display());
+        assert_eq!(sh.file_name().and_then(|n| n.to_str()), Some("sh"));
+        assert_eq!(resolve_program("/bin/sh"), PathBuf::from("/bin/sh"));
+        assert_eq!(
+            resolve_program("no-such-program-shoes-vz"),
+            PathBuf::from("no-such-program-shoes-vz")
+        );
+    }
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 

@@ -290,6 +290,11 @@ pub struct RefreshRequest {
     pub config: Option<GuestConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_device: Option<PathBuf>,
+    /// Answer with the signed notice instead of notifying (the caller is the host itself):
+    /// a restored guest then spends nothing on a notify while the host connects to it.
+    /// Older runner-agents refuse the field (400); the host then asks without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reply_notice: bool,
 }
 
 async fn refresh(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Response, ApiError> {
@@ -298,6 +303,7 @@ async fn refresh(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respo
     } else {
         parse_json(&body)?
     };
+    let reply_notice = request.reply_notice;
     let source = match (request.config, request.config_device) {
         (Some(config), None) => RefreshSource::Inline(Box::new(config)),
         (None, Some(path)) if path.is_absolute() => RefreshSource::Device(path),
@@ -315,12 +321,14 @@ async fn refresh(State(shared): State<Arc<Shared>>, body: Bytes) -> Result<Respo
             ))
         }
     };
-    match shared.refresh(source).await {
+    match shared.refresh(source, reply_notice).await {
         Ok(report) => Ok(Json(report).into_response()),
         Err(err) => {
             let status = match err {
                 RefreshError::Invalid(_) | RefreshError::Load(_) => StatusCode::BAD_REQUEST,
-                RefreshError::Identity(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RefreshError::Identity(_) | RefreshError::Notice(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             };
             warn!(error = %err, "refresh failed");
             Err(ApiError::from_error(status, &err))

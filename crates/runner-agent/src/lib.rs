@@ -28,7 +28,8 @@ pub mod setup;
 pub mod vsock;
 
 pub use agent::{
-    load_config, run_once, AgentOptions, NotifyState, RefreshReport, RunningAgent, StartError,
+    load_config, run_once, AgentOptions, NotifyState, RefreshReport, ReplyNotice, RunningAgent,
+    StartError,
 };
 pub use exec::{ExecLimits, ExecRequest, ExecResponse};
 pub use http::{RefreshRequest, SetupLogChunk, SetupLogRequest, StatusResponse};

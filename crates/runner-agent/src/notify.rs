@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use shoes_vz_guest_config::{sign, ApiToken, NotifyError, NotifyRequest, SIGNATURE_HEADER};
+use shoes_vz_guest_config::{
+    sign, ApiToken, NotifyError, NotifyRequest, SignedNotify, SIGNATURE_HEADER,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -153,19 +155,24 @@ enum AttemptError {
     Refused(String),
 }
 
-async fn attempt_once(
-    client: &reqwest::Client,
-    target: &NotifyTarget,
-    opts: &NotifyOptions,
-) -> Result<(), AttemptError> {
+/// The notice a notify carries, signed afresh with the runner's token: what `/refresh`
+/// answers with when the host asks for it there (see [`crate::RefreshRequest`]).
+pub fn signed_notice(target: &NotifyTarget) -> Result<SignedNotify, NotifyError> {
     let request = NotifyRequest::new(
         target.runner_id.clone(),
         addrs::discover(),
         target.http_port,
         VERSION.to_owned(),
-    )
-    .map_err(AttemptError::Sign)?;
-    let signed = sign(&request, &target.token).map_err(AttemptError::Sign)?;
+    )?;
+    sign(&request, &target.token)
+}
+
+async fn attempt_once(
+    client: &reqwest::Client,
+    target: &NotifyTarget,
+    opts: &NotifyOptions,
+) -> Result<(), AttemptError> {
+    let signed = signed_notice(target).map_err(AttemptError::Sign)?;
     let response = client
         .post(&target.url)
         .timeout(opts.attempt_timeout)

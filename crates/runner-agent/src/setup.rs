@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::exec::{validate_shell, ExecError, PATH};
+use crate::exec::{resolve_program, validate_shell, ExecError, PATH};
 use crate::identity::files::under_root;
 use crate::identity::users::{self, UserError};
 
@@ -304,7 +304,7 @@ impl Setups {
                 .filter(|home| home.is_dir()),
         }
         .unwrap_or_else(|| self.root.clone());
-        let mut command = tokio::process::Command::new(&shell);
+        let mut command = tokio::process::Command::new(resolve_program(&shell));
         command
             .arg(&script_path)
             .env_clear()

@@ -516,6 +516,7 @@ async fn refresh_installs_a_new_identity_and_rotates_the_token() -> TestResult {
         .json(&RefreshRequest {
             config: Some(second.clone()),
             config_device: None,
+            reply_notice: false,
         })
         .send()
         .await?;
@@ -553,6 +554,41 @@ async fn refresh_installs_a_new_identity_and_rotates_the_token() -> TestResult {
     assert_eq!(r.host.next_notify().await?.runner_id, third.runner_id);
     assert_eq!(r.status(second.api_token.expose()).await?.0, 401);
     assert_eq!(r.status(third.api_token.expose()).await?.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refresh_can_answer_with_the_signed_notice_instead_of_notifying() -> TestResult {
+    let r = Running::start().await?;
+    let second = config(&runner_id(4), &r.host.url(), "Fourth")?;
+    let response = r
+        .client
+        .post(format!("{}/refresh", r.base))
+        .bearer_auth(r.token())
+        .json(&RefreshRequest {
+            config: Some(second.clone()),
+            config_device: None,
+            reply_notice: true,
+        })
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let report: RefreshReport = response.json().await?;
+    let notice = report.notice.expect("the notice is in the answer");
+    // It verifies as a notify from the new identity, and only from it.
+    let mut verifier = shoes_vz_guest_config::NotifyVerifier::default();
+    verifier.register(&second.runner_id, second.api_token.clone());
+    let accepted = verifier.verify(notice.body.as_bytes(), Some(&notice.signature))?;
+    assert_eq!(accepted.runner_id, second.runner_id);
+    let mut stale = shoes_vz_guest_config::NotifyVerifier::default();
+    stale.register(&second.runner_id, r.guest.config.api_token.clone());
+    assert!(stale
+        .verify(notice.body.as_bytes(), Some(&notice.signature))
+        .is_err());
+    // Nothing is sent: the runner-agent says so, and the new token is in force.
+    let (code, status) = r.status(second.api_token.expose()).await?;
+    assert_eq!((code, status["notify"].clone()), (200, json!("replied")));
+    assert!(report.took_us > 0);
     Ok(())
 }
 

@@ -79,6 +79,9 @@ pub enum Phase {
     BootToIp,
     BootToSsh,
     Setup,
+    Prepare,
+    VmStart,
+    Refresh,
 }
 
 impl Phase {
@@ -88,6 +91,9 @@ impl Phase {
             Phase::BootToIp => "boot_to_ip",
             Phase::BootToSsh => "boot_to_ssh",
             Phase::Setup => "setup",
+            Phase::Prepare => "prepare",
+            Phase::VmStart => "vm_start",
+            Phase::Refresh => "refresh",
         }
     }
 }
@@ -243,7 +249,7 @@ impl Default for Metrics {
         );
         registry.register(
             "shoesvz_runner_phase_duration_seconds",
-            "Duration of each start phase (clone, boot_to_ip, boot_to_ssh, setup)",
+            "Duration of each start phase (clone, boot_to_ip, boot_to_ssh, setup) and of the agent's steps within it (prepare, vm_start, refresh)",
             phases.clone(),
         );
         registry.register(

@@ -46,6 +46,8 @@ pub struct VmSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreFrom {
     pub state_file: PathBuf,
+    /// The saved RAM, when the template keeps it as a file (mapped, not loaded).
+    pub ram_file: Option<PathBuf>,
     pub saved: crate::template::SavedState,
 }
 
@@ -54,6 +56,7 @@ impl RestoreFrom {
         let saved = template.metadata.saved_state.clone()?;
         Some(Self {
             state_file: template.dir.join(&saved.file),
+            ram_file: saved.ram_file.as_ref().map(|file| template.dir.join(file)),
             saved,
         })
     }

@@ -15,7 +15,7 @@ use shoes_vz_guest_config::{
 };
 use shoes_vz_model::RunnerId;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -44,6 +44,8 @@ pub enum GuestError {
     },
     #[error("the restored guest refused or missed its identity refresh")]
     Refresh(#[source] GuestApiError),
+    #[error("the restored guest answered its refresh with a notice that does not verify")]
+    ReplyNotice(#[source] shoes_vz_guest_config::NotifyError),
     #[error("the guest's runner-agent did not start the setup script")]
     Setup(#[source] GuestApiError),
 }
@@ -70,39 +72,48 @@ pub struct GuestSetup {
 }
 
 impl RunnerManager {
-    /// Makes the runner's identity (fresh token; its SSH keys), writes the config disk into
-    /// the bundle, and registers the runner for exactly one signed notify.
-    pub(super) fn prepare_guest(
+    /// The runner's guest identity (a fresh token; its SSH keys) as its config disk carries it.
+    pub(super) fn guest_identity(
         &self,
         runner_id: &RunnerId,
         template: &Template,
         agent: &GuestAgent,
         client_key: &PrivateKey,
         host_key: &PrivateKey,
-        bundle_dir: &Path,
-    ) -> Result<GuestSetup, GuestError> {
+    ) -> Result<GuestConfig, GuestError> {
         let token = ApiToken::generate().map_err(GuestError::Token)?;
         let config = guest_config(
             runner_id.as_str(),
-            token.clone(),
+            token,
             &self.guest_channel.notify_url,
             &template.metadata.ssh_user,
             &agent.runner_dir,
             client_key.public_key(),
             host_key,
         )?;
-        let config = GuestConfig {
+        Ok(GuestConfig {
             host_time_ms: Some(unix_ms_now()),
             ..config
-        };
-        let disk = bundle_dir.join(CONFIG_DISK_FILE);
-        shoes_vz_guest_config::write_image(&disk, &config).map_err(GuestError::Disk)?;
-        let notices = self.guest_channel.hub.register(runner_id, token);
-        Ok(GuestSetup {
+        })
+    }
+
+    /// Registers the runner for exactly one signed notice from the guest holding `config`,
+    /// whose config disk is `disk`.
+    pub(super) fn expect_guest(
+        &self,
+        runner_id: &RunnerId,
+        config: GuestConfig,
+        disk: PathBuf,
+    ) -> GuestSetup {
+        let notices = self
+            .guest_channel
+            .hub
+            .register(runner_id, config.api_token.clone());
+        GuestSetup {
             config,
             disk,
             notices,
-        })
+        }
     }
 
     pub(super) fn forget_guest(&self, runner_id: &RunnerId) {
@@ -156,9 +167,28 @@ impl RunnerManager {
         };
         // The restored runner-agent answers at once, but its forwarded port may need a moment.
         let deadline = tokio::time::Instant::now() + within;
+        let mut attempts = 0u32;
+        // The notice in the answer spares the guest a notify while the host connects to it.
+        let mut reply_notice = true;
         loop {
-            match api.refresh(config.clone()).await {
-                Ok(()) => return Ok(()),
+            attempts += 1;
+            match api.refresh(config.clone(), reply_notice).await {
+                Ok(report) => {
+                    let guest = &report.install.timings;
+                    tracing::debug!(runner = %runner_id, attempts, guest_took_us = report.took_us, files_us = guest.files_us, user_us = guest.user_us, authorized_keys_us = guest.authorized_keys_us, host_keys_us = guest.host_keys_us, post_cmd_us = guest.post_cmd_us, clock_us = guest.clock_us, notice_in_reply = report.notice.is_some(), "the guest took the runner's identity");
+                    if let Some(notice) = report.notice {
+                        // Verified exactly as a notify: signed with this runner's new token.
+                        self.guest_channel
+                            .hub
+                            .accept(notice.body.as_bytes(), Some(&notice.signature))
+                            .map_err(GuestError::ReplyNotice)?;
+                    }
+                    return Ok(());
+                }
+                Err(error) if reply_notice && error.is_bad_request() => {
+                    tracing::debug!(runner = %runner_id, "the guest's runner-agent predates notices in the refresh answer; it will notify");
+                    reply_notice = false;
+                }
                 Err(error) if tokio::time::Instant::now() >= deadline => {
                     return Err(GuestError::Refresh(error))
                 }

@@ -4,13 +4,15 @@
 //! running has a timeout; no timeout ends a job but the optional `max_job_duration`. Any
 //! failure destroys the runner.
 
-use super::guest::{wait_notice, GuestError};
+use super::guest::{wait_notice, GuestError, CONFIG_DISK_FILE};
 use super::job::Verdict;
+use super::steps::{Step, StepTimes};
 use super::RunnerManager;
 use crate::bundle::{self, Bundle, MachineIdentifier, RuntimeMetadata};
 use crate::hypervisor::{HypervisorError, LinuxBootFiles, RestoreFrom, VmSpec};
 use crate::ssh::{self, SshError, SshTarget};
 use crate::template::Template;
+use shoes_vz_guest_config::ConfigImage;
 use shoes_vz_model::{RunnerId, RunnerName, RunnerState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -145,32 +147,38 @@ impl RunnerManager {
     async fn bring_up(&self, work: &Work) -> Result<super::guest::JobChannel, LifecycleError> {
         let id = &work.runner_id;
         let timeouts = &self.config.timeouts;
-        let client_key = Arc::new(ssh::generate_ed25519().map_err(LifecycleError::Keys)?);
-        let host_key = Arc::new(ssh::generate_ed25519().map_err(LifecycleError::Keys)?);
+        let mut steps = StepTimes::new(id.clone());
+        let (client_key, host_key) = steps
+            .time_sync(Step::Keys, || -> Result<_, SshError> {
+                Ok((
+                    Arc::new(ssh::generate_ed25519()?),
+                    Arc::new(ssh::generate_ed25519()?),
+                ))
+            })
+            .map_err(LifecycleError::Keys)?;
 
-        let bundle = {
-            let template = work.template.clone();
-            let runners_dir = self.config.runners_dir.clone();
-            let runner_id = id.clone();
-            let mode = self.config.clone_mode;
-            let building = tokio::task::spawn_blocking(move || {
-                bundle::create(
-                    &template,
-                    &runners_dir,
-                    &runner_id,
-                    mode,
-                    MachineIdentifier::generate(),
-                )
-            });
-            tokio::time::timeout(timeouts.clone, building)
-                .await
-                .map_err(|_| LifecycleError::CloneTimeout(timeouts.clone))?
-                .map_err(|e| LifecycleError::Internal(e.to_string()))??
+        let identity = match &work.template.metadata.guest_agent {
+            Some(agent) => {
+                Some(self.guest_identity(id, &work.template, agent, &client_key, &host_key)?)
+            }
+            None => None,
+        };
+        // The config disk image is encoded while the template is cloned.
+        let encoding = identity
+            .clone()
+            .map(|config| tokio::task::spawn_blocking(move || ConfigImage::encode(&config)));
+        let bundle = steps.time(Step::Clone, self.clone_bundle(work)).await?;
+        let image = match encoding {
+            Some(task) => Some(
+                steps
+                    .time(Step::ConfigDisk, task)
+                    .await
+                    .map_err(|e| LifecycleError::Internal(e.to_string()))?
+                    .map_err(GuestError::Disk)?,
+            ),
+            None => None,
         };
         let clone_ms = millis(bundle.clone_time);
-        // Kept so an operator can `ssh -i` into a live runner while debugging.
-        ssh::write_private_key_openssh(&client_key, &bundle.dir.join("id_ed25519"))
-            .map_err(LifecycleError::Keys)?;
         let mut runtime = RuntimeMetadata {
             runner_id: id.to_string(),
             runner_name: work.runner_name.to_string(),
@@ -184,23 +192,33 @@ impl RunnerManager {
             clone_ms: Some(clone_ms),
             ..RuntimeMetadata::default()
         };
-        bundle.write_runtime_metadata(&runtime)?;
+        let config_disk = bundle.dir.join(CONFIG_DISK_FILE);
+        steps
+            .time(Step::BundleFiles, {
+                let bundle = bundle.clone();
+                let runtime = runtime.clone();
+                let client_key = Arc::clone(&client_key);
+                let config_disk = config_disk.clone();
+                blocking(move || {
+                    if let Some(image) = image {
+                        image
+                            .write_ephemeral(&config_disk)
+                            .map_err(GuestError::Disk)?;
+                    }
+                    // Kept so an operator can `ssh -i` into a live runner while debugging.
+                    ssh::write_private_key_openssh(&client_key, &bundle.dir.join("id_ed25519"))
+                        .map_err(LifecycleError::Keys)?;
+                    bundle.write_runtime_metadata(&runtime)?;
+                    Ok(())
+                })
+            })
+            .await?;
         self.update(id, |view| {
             view.state = RunnerState::Booting;
             view.timings.clone_ms = Some(clone_ms);
         });
-
-        let guest = match &work.template.metadata.guest_agent {
-            Some(agent) => Some(self.prepare_guest(
-                id,
-                &work.template,
-                agent,
-                &client_key,
-                &host_key,
-                &bundle.dir,
-            )?),
-            None => None,
-        };
+        let guest = identity.map(|config| self.expect_guest(id, config, config_disk));
+        let prepare_ms = millis(steps.sum(&Step::PREPARE));
         let spec = VmSpec {
             runner_id: id.clone(),
             bundle_dir: bundle.dir.clone(),
@@ -216,10 +234,15 @@ impl RunnerManager {
             restore: RestoreFrom::from_template(&work.template),
         };
         let boot_started = Instant::now();
-        self.hypervisor.start(&spec).await?;
-        let endpoint = self
-            .hypervisor
-            .guest_endpoint(id, timeouts.boot_to_ip)
+        steps
+            .time(Step::VmStart, self.hypervisor.start(&spec))
+            .await?;
+        let vm_start_ms = millis(steps.sum(&[Step::VmStart]));
+        let endpoint = steps
+            .time(
+                Step::GuestEndpoint,
+                self.hypervisor.guest_endpoint(id, timeouts.boot_to_ip),
+            )
             .await?;
         if endpoint.restore_fell_back {
             self.update(id, |view| view.warm_start_fallback = true);
@@ -228,22 +251,31 @@ impl RunnerManager {
         // restored guest first gets this runner's identity, then notifies as this runner.
         let mut ip_address = endpoint.ip_address.clone();
         let mut guest_api: Option<crate::guest_api::GuestApi> = None;
+        let mut refresh_ms = None;
         if let Some(mut guest) = guest {
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
             if endpoint.restored {
-                let refreshing = Instant::now();
-                self.refresh_restored(
-                    id,
-                    &work.template,
-                    endpoint.http_addr,
-                    &guest.config,
-                    remaining,
-                )
-                .await?;
-                tracing::info!(runner = %id, after_boot = ?boot_started.elapsed(), took = ?refreshing.elapsed(), "restored guest has the runner's identity");
+                steps
+                    .time(
+                        Step::Refresh,
+                        self.refresh_restored(
+                            id,
+                            &work.template,
+                            endpoint.http_addr,
+                            &guest.config,
+                            remaining,
+                        ),
+                    )
+                    .await?;
             }
             let remaining = timeouts.boot_to_ip.saturating_sub(boot_started.elapsed());
-            let notice = wait_notice(&mut guest.notices, remaining).await?;
+            let notice = steps
+                .time(Step::Notice, wait_notice(&mut guest.notices, remaining))
+                .await?;
+            if endpoint.restored {
+                refresh_ms = Some(millis(steps.sum(&[Step::Refresh, Step::Notice])));
+                tracing::info!(runner = %id, after_boot = ?boot_started.elapsed(), "restored guest has the runner's identity");
+            }
             if let Some(address) = notice.addresses.first() {
                 ip_address.clone_from(address);
             }
@@ -254,11 +286,17 @@ impl RunnerManager {
         runtime.ip_address = Some(ip_address.clone());
         runtime.ssh_address = Some(endpoint.ssh_addr.to_string());
         runtime.boot_to_ip_ms = Some(boot_to_ip_ms);
-        bundle.write_runtime_metadata(&runtime)?;
+        runtime.prepare_ms = Some(prepare_ms);
+        runtime.vm_start_ms = Some(vm_start_ms);
+        runtime.refresh_ms = refresh_ms;
+        save_runtime(&bundle, &runtime).await?;
         self.update(id, |view| {
             view.ip_address = Some(ip_address.clone());
             view.ssh_address = Some(endpoint.ssh_addr.to_string());
             view.timings.boot_to_ip_ms = Some(boot_to_ip_ms);
+            view.timings.prepare_ms = Some(prepare_ms);
+            view.timings.vm_start_ms = Some(vm_start_ms);
+            view.timings.refresh_ms = refresh_ms;
         });
 
         let target = SshTarget {
@@ -268,12 +306,14 @@ impl RunnerManager {
             expected_host_key: host_key.public_key().clone(),
         };
         let remaining = timeouts.boot_to_ssh.saturating_sub(boot_started.elapsed());
-        let session = ssh::wait_ready(&target, remaining)
+        let session = steps
+            .time(Step::SshReady, ssh::wait_ready(&target, remaining))
             .await
             .map_err(LifecycleError::SshNotReady)?;
         let boot_to_ssh_ms = millis(boot_started.elapsed());
+        tracing::debug!(runner = %id, steps = %steps.summary(), "runner start steps");
         runtime.boot_to_ssh_ms = Some(boot_to_ssh_ms);
-        bundle.write_runtime_metadata(&runtime)?;
+        save_runtime(&bundle, &runtime).await?;
         self.set_access(
             id,
             super::access::Access {
@@ -292,12 +332,34 @@ impl RunnerManager {
             .await?;
         let setup_ms = millis(setup_started.elapsed());
         runtime.setup_ms = Some(setup_ms);
-        bundle.write_runtime_metadata(&runtime)?;
+        save_runtime(&bundle, &runtime).await?;
         self.update(id, |view| {
             view.state = RunnerState::Running;
             view.timings.setup_ms = Some(setup_ms);
         });
         Ok(job)
+    }
+
+    /// Clones the template into the runner's bundle, within the clone timeout.
+    async fn clone_bundle(&self, work: &Work) -> Result<Bundle, LifecycleError> {
+        let timeout = self.config.timeouts.clone;
+        let template = work.template.clone();
+        let runners_dir = self.config.runners_dir.clone();
+        let runner_id = work.runner_id.clone();
+        let mode = self.config.clone_mode;
+        let building = tokio::task::spawn_blocking(move || {
+            bundle::create(
+                &template,
+                &runners_dir,
+                &runner_id,
+                mode,
+                MachineIdentifier::generate(),
+            )
+        });
+        Ok(tokio::time::timeout(timeout, building)
+            .await
+            .map_err(|_| LifecycleError::CloneTimeout(timeout))?
+            .map_err(|e| LifecycleError::Internal(e.to_string()))??)
     }
 
     async fn tear_down(
@@ -334,6 +396,20 @@ impl RunnerManager {
         }
         self.finish(runner_id);
     }
+}
+
+/// Runs file work off the async workers, which every runner and the agent's connection share.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, LifecycleError> + Send + 'static,
+) -> Result<T, LifecycleError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LifecycleError::Internal(e.to_string()))?
+}
+
+async fn save_runtime(bundle: &Bundle, runtime: &RuntimeMetadata) -> Result<(), LifecycleError> {
+    let (bundle, runtime) = (bundle.clone(), runtime.clone());
+    blocking(move || Ok(bundle.write_runtime_metadata(&runtime)?)).await
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `mod.rs`: [`RunnerManager`]: slots, commands, reports, snapshots, shutdown.
 //! - [`lifecycle`]: one task per runner: clone → boot → SSH → setup → follow the job → tear
-//!   down; [`job`]: when a runner's job is done (pure rules); [`guest`]: the host↔guest channel.
+//!   down; [`job`]: when a runner's job is done (pure rules); [`guest`]: the host↔guest channel;
+//!   [`steps`]: where a start goes (a span and a duration per step).
 //! - [`access`]: operators' commands and log reads in a live runner; [`secrets`]: what they
 //!   never see.
 //! - [`view`]: the per-runner record and how it is reported.
@@ -13,6 +14,7 @@ pub mod guest;
 pub mod job;
 pub mod lifecycle;
 pub mod secrets;
+pub mod steps;
 pub mod view;
 
 use crate::config::AgentConfig;
@@ -350,5 +352,7 @@ impl RunnerManager {
                 "some runners were still tearing down when the agent stopped"
             );
         }
+        // External readers should see what the agent left, not a snapshot from before.
+        self.state_file.flush(Duration::from_secs(2)).await;
     }
 }

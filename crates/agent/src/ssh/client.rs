@@ -129,6 +129,7 @@ pub async fn wait_ready(target: &SshTarget, overall: Duration) -> Result<SshSess
 async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, SshError> {
     let addr = target.addr;
     let budget = |limit: Duration| limit.min(deadline.saturating_duration_since(Instant::now()));
+    let mut clock = StepClock::start();
 
     let after = budget(CONNECT_TIMEOUT);
     let tcp = tokio::time::timeout(after, TcpStream::connect(addr))
@@ -141,6 +142,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
         .map_err(|source| SshError::Connect { addr, source })?;
     // Only latency is at stake, so a failure here is not worth failing the attempt.
     let _ = tcp.set_nodelay(true);
+    let connect = clock.lap();
 
     let mismatch = Arc::new(Mutex::new(None));
     let handler = ClientHandler {
@@ -169,6 +171,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
             after,
         })?
         .map_err(|source| SshError::Protocol { addr, source })?;
+    let handshake = clock.lap();
 
     let after = budget(AUTH_TIMEOUT);
     let authenticated = tokio::time::timeout(after, authenticate(&mut handle, target))
@@ -185,6 +188,7 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
             user: target.user.clone(),
         });
     }
+    let auth = clock.lap();
 
     let session = SshSession { handle, addr };
     let after = budget(PROBE_TIMEOUT);
@@ -208,7 +212,26 @@ async fn attempt(target: &SshTarget, deadline: Instant) -> Result<SshSession, Ss
             exit_status: probe.exit_status,
         });
     }
+    let probe = clock.lap();
+    debug!(%addr, ?connect, ?handshake, ?auth, ?probe, "ssh attempt steps");
     Ok(session)
+}
+
+/// Lap times of one connection attempt, for the debug log.
+struct StepClock(Instant);
+
+impl StepClock {
+    fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    /// Time since the previous lap (or the start).
+    fn lap(&mut self) -> Duration {
+        let now = Instant::now();
+        let lap = now.duration_since(self.0);
+        self.0 = now;
+        lap
+    }
 }
 
 async fn authenticate(

@@ -37,7 +37,8 @@ pub fn authorized_key_line(key: &PublicKey) -> String {
 /// Writes `key` in OpenSSH format with mode 0600, so an operator can `ssh -i` into the VM.
 ///
 /// The file is written beside `path` and renamed over it, so a reader never sees a partial
-/// key and an existing file with looser permissions is replaced rather than reused.
+/// key and an existing file with looser permissions is replaced rather than reused. It is not
+/// fsynced: the key lives no longer than its runner.
 pub fn write_private_key_openssh(key: &PrivateKey, path: &Path) -> Result<(), SshError> {
     let pem = key
         .to_openssh(LineEnding::LF)
@@ -66,7 +67,6 @@ pub fn write_private_key_openssh(key: &PrivateKey, path: &Path) -> Result<(), Ss
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(pem.as_bytes())?;
-        file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(source) = written {

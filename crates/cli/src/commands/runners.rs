@@ -377,6 +377,10 @@ fn print_show(r: &pb::RunnerInfo, history: &[op::StateChange]) {
     println!("timings      queue {} ms, clone {} ms, boot→IP {} ms, boot→SSH {} ms, setup start {} ms, AddInstance→ssh-ready {} ms",
         t.queue_ms, t.clone_ms, t.boot_to_ip_ms, t.boot_to_ssh_ms, t.setup_ms, t.startup_ms);
     println!(
+        "agent steps  prepare {} ms, VM start {} ms, identity refresh {} ms",
+        t.prepare_ms, t.vm_start_ms, t.refresh_ms
+    );
+    println!(
         "job          started {}, finished {}",
         at(r.job_started_at_ms),
         at(r.job_finished_at_ms)
@@ -432,6 +436,7 @@ pub(crate) fn to_json(r: &pb::RunnerInfo) -> serde_json::Value {
         "timings_ms": {
             "clone": t.clone_ms, "boot_to_ip": t.boot_to_ip_ms, "boot_to_ssh": t.boot_to_ssh_ms,
             "setup": t.setup_ms, "startup": t.startup_ms, "queue": t.queue_ms,
+            "prepare": t.prepare_ms, "vm_start": t.vm_start_ms, "refresh": t.refresh_ms,
         },
     })
 }

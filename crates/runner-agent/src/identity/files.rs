@@ -1,6 +1,11 @@
 //! Writing key files as root into places other users may control, without following their
 //! symlinks: files are created new beside the target and renamed over it (a rename replaces a
 //! symlink instead of writing through it), and directories must be real directories.
+//!
+//! Nothing here is fsynced: the identity lives exactly as long as its VM, and every boot
+//! installs it again from the config disk, so a write lost to a crash is rewritten anyway.
+//! Under emulation an fsync of the runner's disk costs a restored guest milliseconds it
+//! spends on nothing.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -86,7 +91,8 @@ pub fn ensure_dir(path: &Path, mode: u32, owner: Option<Owner>) -> Result<(), Fi
 }
 
 /// Replaces `path` with `contents`, created with `mode` and owned by `owner` before it
-/// appears under its name.
+/// appears under its name. Readers see the old file or the new one, never a mix; the new
+/// one is not made durable (see the module doc).
 pub fn write_atomic(
     path: &Path,
     contents: &[u8],
@@ -116,7 +122,6 @@ pub fn write_atomic(
         // The umask may have narrowed `mode`; set it exactly.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
-        file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(source) = written {

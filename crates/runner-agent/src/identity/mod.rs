@@ -10,11 +10,11 @@ pub mod users;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use shoes_vz_guest_config::GuestConfig;
-use tracing::{debug, info};
+use tracing::{debug, debug_span, info, Instrument};
 
 use self::clock::{ClockChange, ClockError};
 use self::files::{ensure_dir, under_root, write_atomic, FileError, Owner};
@@ -60,6 +60,31 @@ pub struct InstallReport {
     pub host_keys: Vec<PathBuf>,
     pub post_cmd_ran: bool,
     pub clock: ClockChange,
+    /// How long each step took (absent from older runner-agents' reports).
+    #[serde(default)]
+    pub timings: InstallTimings,
+}
+
+/// Per-step durations of an install, in microseconds: where a warm restore's refresh goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InstallTimings {
+    /// Every file below, the user lookup included.
+    pub files_us: u64,
+    /// Looking the user up.
+    pub user_us: u64,
+    /// `~/.ssh` and `authorized_keys`.
+    pub authorized_keys_us: u64,
+    /// Every host key file.
+    pub host_keys_us: u64,
+    /// `--host-key-post-cmd` (0 when there is none).
+    pub post_cmd_us: u64,
+    /// Reading and, if behind, stepping the clock.
+    pub clock_us: u64,
+}
+
+pub(crate) fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,40 +116,75 @@ pub async fn install(
     config: &GuestConfig,
     opts: &IdentityOptions,
 ) -> Result<InstallReport, IdentityError> {
+    let mut timings = InstallTimings::default();
     let shared = Arc::new((config.clone(), opts.clone()));
+    let step = Instant::now();
     let files = {
         let shared = Arc::clone(&shared);
         tokio::task::spawn_blocking(move || install_files(&shared.0, &shared.1))
+            .instrument(debug_span!("identity_step", step = "files"))
             .await
             .map_err(IdentityError::Join)??
     };
+    timings.files_us = micros(step.elapsed());
+    timings.user_us = files.user_us;
+    timings.authorized_keys_us = files.authorized_keys_us;
+    timings.host_keys_us = files.host_keys_us;
     let mut post_cmd_ran = false;
     if let (Some(cmd), Some(first)) = (&opts.host_key_post_cmd, files.host_keys.first()) {
-        run_post_cmd(cmd, first, &opts.root).await?;
+        let step = Instant::now();
+        run_post_cmd(cmd, first, &opts.root)
+            .instrument(debug_span!("identity_step", step = "post_cmd"))
+            .await?;
+        timings.post_cmd_us = micros(step.elapsed());
         post_cmd_ran = true;
     }
-    let clock = clock::adjust(&opts.root, config.host_time_ms)?;
+    let step = Instant::now();
+    let clock = debug_span!("identity_step", step = "clock")
+        .in_scope(|| clock::adjust(&opts.root, config.host_time_ms))?;
+    timings.clock_us = micros(step.elapsed());
     let report = InstallReport {
         user: config.ssh_user.clone(),
         authorized_keys: files.authorized_keys,
         host_keys: files.host_keys,
         post_cmd_ran,
         clock,
+        timings,
     };
     info!(runner_id = %config.runner_id, user = %report.user, authorized_keys = %report.authorized_keys.display(), host_keys = ?report.host_keys, clock = ?report.clock, "installed the runner's identity");
+    debug!(
+        files_us = timings.files_us,
+        user_us = timings.user_us,
+        authorized_keys_us = timings.authorized_keys_us,
+        host_keys_us = timings.host_keys_us,
+        post_cmd_us = timings.post_cmd_us,
+        clock_us = timings.clock_us,
+        "identity install steps"
+    );
     Ok(report)
 }
 
 struct InstalledFiles {
     authorized_keys: PathBuf,
     host_keys: Vec<PathBuf>,
+    user_us: u64,
+    authorized_keys_us: u64,
+    host_keys_us: u64,
 }
 
 fn install_files(
     config: &GuestConfig,
     opts: &IdentityOptions,
 ) -> Result<InstalledFiles, IdentityError> {
+    let mut step = Instant::now();
+    let mut lap = || {
+        let now = Instant::now();
+        let took = micros(now.duration_since(step));
+        step = now;
+        took
+    };
     let user = users::lookup(&opts.root, &config.ssh_user)?;
+    let user_us = lap();
     let home = under_root(&opts.root, &user.home)?;
     if !home.is_dir() {
         return Err(IdentityError::HomeMissing {
@@ -142,6 +202,7 @@ fn install_files(
     // Only this runner's key: whatever the template had is replaced.
     let line = format!("{}\n", config.ssh_authorized_key);
     write_atomic(&authorized_keys, line.as_bytes(), 0o600, Some(owner))?;
+    let authorized_keys_us = lap();
 
     let mut host_keys = Vec::new();
     for path in &opts.host_key_paths {
@@ -170,6 +231,9 @@ fn install_files(
     Ok(InstalledFiles {
         authorized_keys,
         host_keys,
+        user_us,
+        authorized_keys_us,
+        host_keys_us: lap(),
     })
 }
 

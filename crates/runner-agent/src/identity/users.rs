@@ -1,8 +1,10 @@
 //! Looking up the runner's user: the system user database for the real root (which on
-//! macOS lives in Directory Services, not `/etc/passwd`), `<root>/etc/passwd` for a fake
-//! root.
+//! macOS lives in Directory Services, not `/etc/passwd`; each user is looked up once per
+//! process), `<root>/etc/passwd` for a fake root.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserInfo {
@@ -26,22 +28,28 @@ pub enum UserError {
     },
 }
 
+/// System lookups already made by this process. A restored warm guest's runner-agent looked
+/// its user up when the template booted; asking the user database again after the restore
+/// costs an emulated guest tens of milliseconds of code it runs for the first time since, for
+/// the same answer (the guest's users are the template's).
+static SYSTEM_USERS: Mutex<BTreeMap<String, UserInfo>> = Mutex::new(BTreeMap::new());
+
 pub fn lookup(root: &Path, name: &str) -> Result<UserInfo, UserError> {
     if root == Path::new("/") {
-        let user = nix::unistd::User::from_name(name).map_err(|errno| UserError::Lookup {
-            name: name.to_owned(),
-            source: errno.into(),
-        })?;
-        let user = user.ok_or_else(|| UserError::NotFound {
-            name: name.to_owned(),
-        })?;
-        return Ok(UserInfo {
-            name: user.name,
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            home: user.dir,
-            shell: user.shell,
-        });
+        let known = SYSTEM_USERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        if let Some(user) = known {
+            return Ok(user);
+        }
+        let user = lookup_system(name)?;
+        SYSTEM_USERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), user.clone());
+        return Ok(user);
     }
     let passwd = root.join("etc/passwd");
     let text = std::fs::read_to_string(&passwd).map_err(|source| UserError::Lookup {
@@ -50,6 +58,23 @@ pub fn lookup(root: &Path, name: &str) -> Result<UserInfo, UserError> {
     })?;
     find_in_passwd(&text, name).ok_or_else(|| UserError::NotFound {
         name: name.to_owned(),
+    })
+}
+
+fn lookup_system(name: &str) -> Result<UserInfo, UserError> {
+    let user = nix::unistd::User::from_name(name).map_err(|errno| UserError::Lookup {
+        name: name.to_owned(),
+        source: errno.into(),
+    })?;
+    let user = user.ok_or_else(|| UserError::NotFound {
+        name: name.to_owned(),
+    })?;
+    Ok(UserInfo {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        home: user.dir,
+        shell: user.shell,
     })
 }
 
@@ -121,6 +146,12 @@ runner:x:1001:121:GitHub runner,,,:/home/runner:/bin/bash
     #[test]
     fn the_real_root_uses_the_system_database() -> Result<(), UserError> {
         assert_eq!(lookup(Path::new("/"), "root")?.uid, 0);
+        // The second answer comes from the process's memory, and is the same.
+        assert_eq!(lookup(Path::new("/"), "root")?, lookup_system("root")?);
+        assert!(matches!(
+            lookup(Path::new("/"), "no-such-user-shoes-vz"),
+            Err(UserError::NotFound { .. })
+        ));
         Ok(())
     }
 }

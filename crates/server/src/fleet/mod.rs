@@ -487,6 +487,9 @@ impl Fleet {
                 Phase::BootToSsh,
             ),
             (&mut into.setup_ms, from.setup_ms, Phase::Setup),
+            (&mut into.prepare_ms, from.prepare_ms, Phase::Prepare),
+            (&mut into.vm_start_ms, from.vm_start_ms, Phase::VmStart),
+            (&mut into.refresh_ms, from.refresh_ms, Phase::Refresh),
         ];
         for (slot, value, phase) in fields {
             if let (None, Some(value)) = (&slot, value) {

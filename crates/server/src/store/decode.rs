@@ -159,6 +159,9 @@ pub(crate) fn runner(row: &AnyRow) -> Result<RunnerRecord, StoreError> {
             setup_ms: r.opt_u64("setup_ms")?,
             startup_ms: r.opt_u64("startup_ms")?,
             queue_ms: r.opt_u64("queue_ms")?,
+            prepare_ms: r.opt_u64("prepare_ms")?,
+            vm_start_ms: r.opt_u64("vm_start_ms")?,
+            refresh_ms: r.opt_u64("refresh_ms")?,
         },
     })
 }

@@ -20,6 +20,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/0004_lean_runner_indexes.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/0005_start_step_timings.sql"),
+    ),
 ];
 
 const CREATE_VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version \

@@ -129,6 +129,11 @@ pub struct Timings {
     pub startup_ms: Option<u64>,
     /// How long the AddInstance waited for a free slot.
     pub queue_ms: Option<u64>,
+    /// The agent's start steps: host work before the VM, the VM starting or restoring, a
+    /// restored guest taking the runner's identity.
+    pub prepare_ms: Option<u64>,
+    pub vm_start_ms: Option<u64>,
+    pub refresh_ms: Option<u64>,
 }
 
 /// One entry of a runner's state history.

@@ -19,6 +19,7 @@ struct Columns {
     labels_json: String,
     timings: [Option<i64>; 5],
     queue_ms: Option<i64>,
+    steps: [Option<i64>; 3],
 }
 
 impl Columns {
@@ -35,6 +36,11 @@ impl Columns {
                 opt_to_i64("startup_ms", t.startup_ms)?,
             ],
             queue_ms: opt_to_i64("queue_ms", t.queue_ms)?,
+            steps: [
+                opt_to_i64("prepare_ms", t.prepare_ms)?,
+                opt_to_i64("vm_start_ms", t.vm_start_ms)?,
+                opt_to_i64("refresh_ms", t.refresh_ms)?,
+            ],
         })
     }
 
@@ -54,14 +60,16 @@ impl Columns {
             .bind(runner.guest_runner_state.as_str())
             .bind(runner.error.as_str())
             .bind(runner.updated_at_ms);
-        self.timings
+        let query = self
+            .timings
             .iter()
             .fold(query, |q, t| q.bind(*t))
             .bind(i64::from(runner.answered))
             .bind(runner.end_reason.as_str())
             .bind(runner.job_started_at_ms)
             .bind(runner.job_finished_at_ms)
-            .bind(self.queue_ms)
+            .bind(self.queue_ms);
+        self.steps.iter().fold(query, |q, t| q.bind(*t))
     }
 }
 

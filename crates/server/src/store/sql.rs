@@ -22,19 +22,19 @@ pub const LIST_AGENTS: &str = "SELECT agent_id, hostname, backend, max_runners, 
      ORDER BY registered_at_ms, agent_id";
 
 /// Columns of a runner row: the identity (runner_id, cloud_id, created_at_ms), then the
-/// mutable ones in the order `UPDATE_RUNNER` binds them as $2..$24.
+/// mutable ones in the order `UPDATE_RUNNER` binds them as $2..$27.
 macro_rules! runner_columns {
     () => {
         "runner_id, cloud_id, created_at_ms, runner_name, agent_id, template, resource_type, \
          vcpus, memory_mib, labels_json, state, delete_requested, ip_address, \
          guest_runner_state, error, updated_at_ms, clone_ms, boot_to_ip_ms, boot_to_ssh_ms, \
          setup_ms, startup_ms, answered, end_reason, job_started_at_ms, job_finished_at_ms, \
-         queue_ms"
+         queue_ms, prepare_ms, vm_start_ms, refresh_ms"
     };
 }
 
 /// Columns of a runner row.
-pub const RUNNER_COLUMNS: usize = 26;
+pub const RUNNER_COLUMNS: usize = 29;
 
 /// `rows` runners in one statement.
 pub fn insert_runners(rows: usize) -> String {
@@ -75,8 +75,8 @@ pub const UPDATE_RUNNER: &str = "UPDATE runners SET runner_name = $2, agent_id =
      state = $9, delete_requested = $10, ip_address = $11, guest_runner_state = $12, \
      error = $13, updated_at_ms = $14, clone_ms = $15, boot_to_ip_ms = $16, \
      boot_to_ssh_ms = $17, setup_ms = $18, startup_ms = $19, answered = $20, \
-     end_reason = $21, job_started_at_ms = $22, job_finished_at_ms = $23, queue_ms = $24 \
-     WHERE runner_id = $1";
+     end_reason = $21, job_started_at_ms = $22, job_finished_at_ms = $23, queue_ms = $24, \
+     prepare_ms = $25, vm_start_ms = $26, refresh_ms = $27 WHERE runner_id = $1";
 
 pub const GET_RUNNER: &str = concat!(
     "SELECT ",

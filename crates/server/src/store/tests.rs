@@ -93,6 +93,9 @@ fn advance(mut r: RunnerRecord, agent_id: &AgentId) -> RunnerRecord {
         setup_ms: None,
         startup_ms: Some(u64::try_from(i64::MAX).expect("fits")),
         queue_ms: Some(17),
+        prepare_ms: Some(41),
+        vm_start_ms: Some(12),
+        refresh_ms: None,
     };
     r
 }

@@ -53,7 +53,35 @@ pub struct MachineSpec {
     pub console_log: PathBuf,
     /// Restore from a saved state instead of booting (same devices and memory required).
     pub incoming: Option<PathBuf>,
+    /// Where the guest's RAM lives.
+    pub memory: GuestMemory,
 }
+
+/// The guest's RAM: QEMU's own, or a file that a warm template's saved state keeps it in.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GuestMemory {
+    #[default]
+    Anonymous,
+    /// Warming: the RAM is this file (mapped shared), so saving the state skips it
+    /// (`x-ignore-shared`) and the template keeps it as a file.
+    SavedTo(PathBuf),
+    /// Restoring: a copy-on-write view of a warm template's RAM file. Nothing is loaded:
+    /// pages come from the host's page cache, shared by every runner of the template, as the
+    /// guest touches them, and the guest's writes stay in this process. The file is never
+    /// written: the mapping is private, and this machine has no device that discards RAM
+    /// (balloon, virtio-mem), the one way QEMU would punch holes into it.
+    RestoredFrom(PathBuf),
+}
+
+impl GuestMemory {
+    /// Whether migrations must skip the RAM (`x-ignore-shared`): it is in the file.
+    pub fn in_file(&self) -> bool {
+        !matches!(self, GuestMemory::Anonymous)
+    }
+}
+
+/// The memory backend's id; the RAM block carries it, so a save and its restores must agree.
+const MEMORY_BACKEND_ID: &str = "shoesvz-ram";
 
 /// The kernel command line: fast-boot arguments, the host TSC, the machine id, the
 /// template's and the operator's extras.
@@ -94,9 +122,15 @@ pub fn build_args(spec: &MachineSpec) -> Result<Vec<OsString>, CmdlineError> {
         "none",
         "-no-reboot",
     ]);
+    let machine = match &spec.memory {
+        GuestMemory::Anonymous => MACHINE.to_string(),
+        GuestMemory::SavedTo(_) | GuestMemory::RestoredFrom(_) => {
+            format!("{MACHINE},memory-backend={MEMORY_BACKEND_ID}")
+        }
+    };
     push(&[
         "-M",
-        MACHINE,
+        &machine,
         "-accel",
         spec.accel.as_str(),
         "-cpu",
@@ -108,6 +142,19 @@ pub fn build_args(spec: &MachineSpec) -> Result<Vec<OsString>, CmdlineError> {
         "-m",
         &spec.memory_mib.to_string(),
     ]);
+    let memory_file = match &spec.memory {
+        GuestMemory::Anonymous => None,
+        GuestMemory::SavedTo(file) => Some((file, "on")),
+        GuestMemory::RestoredFrom(file) => Some((file, "off")),
+    };
+    if let Some((file, share)) = memory_file {
+        let backend = format!(
+            "memory-backend-file,id={MEMORY_BACKEND_ID},size={}M,mem-path={},share={share}",
+            spec.memory_mib,
+            escape(text(file)?)
+        );
+        push(&["-object", &backend]);
+    }
     push(&["-uuid", &spec.uuid.to_string()]);
     push(&["-kernel", text(&spec.kernel)?]);
     if let Some(initrd) = &spec.initrd {
@@ -152,7 +199,13 @@ pub fn build_args(spec: &MachineSpec) -> Result<Vec<OsString>, CmdlineError> {
     }
     push(&["-device", "virtio-rng-device"]);
     if let Some(state) = &spec.incoming {
-        push(&["-incoming", &incoming_uri(state)?]);
+        // A RAM file's state loads only with `x-ignore-shared`, which QMP sets before
+        // `migrate-incoming` (see `super::state::incoming_from_file`).
+        let incoming = match &spec.memory {
+            GuestMemory::RestoredFrom(_) => "defer".to_string(),
+            _ => incoming_uri(state)?,
+        };
+        push(&["-incoming", &incoming]);
     }
     Ok(args.into_iter().map(OsString::from).collect())
 }
@@ -197,6 +250,7 @@ mod tests {
             pid_file: bundle.join("qemu.pid"),
             console_log: bundle.join("console.log"),
             incoming: None,
+            memory: GuestMemory::Anonymous,
         }
     }
 
@@ -262,6 +316,34 @@ mod tests {
             outgoing_uri(Path::new("/w/s")).expect("uri"),
             "exec:cat > '/w/s'"
         );
+    }
+
+    #[test]
+    fn a_ram_file_is_shared_while_warming_and_private_when_restored() {
+        let mut s = spec(Path::new("/r/x.bundle"));
+        s.memory = GuestMemory::SavedTo(PathBuf::from("/w/out/ram.bin"));
+        let args = strings(build_args(&s).expect("args"));
+        assert_eq!(
+            value_after(&args, "-M"),
+            [format!("{MACHINE},memory-backend=shoesvz-ram")]
+        );
+        assert_eq!(
+            value_after(&args, "-object"),
+            ["memory-backend-file,id=shoesvz-ram,size=512M,mem-path=/w/out/ram.bin,share=on"]
+        );
+        assert_eq!(value_after(&args, "-m"), ["512"]);
+        assert!(value_after(&args, "-incoming").is_empty());
+
+        s.memory = GuestMemory::RestoredFrom(PathBuf::from("/t/warm,1/ram.bin"));
+        s.incoming = Some(PathBuf::from("/t/warm,1/state.bin"));
+        let args = strings(build_args(&s).expect("args"));
+        assert_eq!(
+            value_after(&args, "-object"),
+            ["memory-backend-file,id=shoesvz-ram,size=512M,mem-path=/t/warm,,1/ram.bin,share=off"]
+        );
+        // The state is loaded over QMP once `x-ignore-shared` is on.
+        assert_eq!(value_after(&args, "-incoming"), ["defer"]);
+        assert!(s.memory.in_file() && !GuestMemory::Anonymous.in_file());
     }
 
     #[test]

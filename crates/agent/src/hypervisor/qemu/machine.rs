@@ -355,6 +355,7 @@ mod tests {
             pid_file: dir.path().join("qemu.pid"),
             console_log: dir.path().join("console.log"),
             incoming: None,
+            memory: Default::default(),
         };
         let result = Machine::launch(
             &spec,

@@ -32,7 +32,7 @@ pub use machine::{HostPorts, Machine, MachineError, StopHow, GUEST_IP_MARKER};
 use super::{GuestEndpoint, Hypervisor, HypervisorError, RestoreFrom, VmEvent, VmSpec};
 use crate::config::QemuConfig;
 use accel::Accel;
-use cmdline::MachineSpec;
+use cmdline::{GuestMemory, MachineSpec};
 use shoes_vz_model::RunnerId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const PID_FILE: &str = "qemu.pid";
@@ -107,10 +108,14 @@ impl QemuBackend {
     async fn launch(
         &self,
         spec: &VmSpec,
-        incoming: Option<PathBuf>,
+        restore: Option<&RestoreFrom>,
         armed: &Arc<AtomicBool>,
     ) -> Result<Machine, HypervisorError> {
-        let machine_spec = self.machine_spec(spec, incoming)?;
+        let mut machine_spec =
+            self.machine_spec(spec, restore.map(|restore| restore.state_file.clone()))?;
+        if let Some(ram) = restore.and_then(|restore| restore.ram_file.clone()) {
+            machine_spec.memory = GuestMemory::RestoredFrom(ram);
+        }
         let events = self.events.clone();
         let runner_id = spec.runner_id.clone();
         let armed = Arc::clone(armed);
@@ -137,16 +142,30 @@ impl QemuBackend {
         restore: &RestoreFrom,
         armed: &Arc<AtomicBool>,
     ) -> Result<Machine, HypervisorError> {
+        let launching = std::time::Instant::now();
         let machine = self
-            .launch(spec, Some(restore.state_file.clone()), armed)
+            .launch(spec, Some(restore), armed)
+            .instrument(tracing::debug_span!("qemu_launch", runner = %spec.runner_id))
             .await?;
+        let launched = launching.elapsed();
+        let resuming = std::time::Instant::now();
         let resumed = {
             let mut qmp = machine.qmp().await;
             match qmp.as_mut() {
-                Some(qmp) => state::resume_incoming(qmp, self.config.start_timeout).await,
+                Some(qmp) => {
+                    async {
+                        if restore.ram_file.is_some() {
+                            state::incoming_from_file(qmp, &restore.state_file).await?;
+                        }
+                        state::resume_incoming(qmp, self.config.start_timeout).await
+                    }
+                    .instrument(tracing::debug_span!("qemu_resume", runner = %spec.runner_id))
+                    .await
+                }
                 None => Err(state::StateError::Qmp(qmp::QmpError::Closed)),
             }
         };
+        tracing::debug!(runner = %spec.runner_id, ?launched, resumed = ?resuming.elapsed(), "restore steps");
         match resumed {
             Ok(()) => Ok(machine),
             Err(error) => {
@@ -196,6 +215,7 @@ impl QemuBackend {
             pid_file: bundle.join(PID_FILE),
             console_log: bundle.join(CONSOLE_LOG),
             incoming,
+            memory: GuestMemory::Anonymous,
         })
     }
 
@@ -340,7 +360,8 @@ impl Hypervisor for QemuBackend {
         let vm = self.vms().remove(runner_id);
         if let Some(vm) = vm {
             let how = vm.machine.shutdown(timeout).await;
-            if how == StopHow::PoweredOff || how == StopHow::AlreadyExited {
+            // Without a grace period, `quit` is the plan, not a guest that failed to stop.
+            if how == StopHow::PoweredOff || how == StopHow::AlreadyExited || timeout.is_zero() {
                 tracing::info!(runner = %runner_id, how = ?how, "QEMU stopped");
             } else {
                 tracing::warn!(runner = %runner_id, how = ?how, "the guest did not power off in time");

@@ -95,7 +95,8 @@ impl Qmp {
                         source,
                     })
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                // QEMU makes the socket early in its start; a short poll finds it sooner.
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         };
         let (read, writer) = stream.into_split();

@@ -1,7 +1,9 @@
 //! Saved State (warm start) primitives. Save: `stop`, `migrate` to `exec:cat > STATE`, poll
 //! `query-migrate`; the caller then quits QEMU. Restore: start QEMU with the same devices and
 //! memory plus `-incoming` (see [`super::cmdline::MachineSpec::incoming`]), wait until it
-//! has left `inmigrate`, then `cont`.
+//! has left `inmigrate`, then `cont`. A guest whose RAM is a file
+//! ([`super::cmdline::GuestMemory`]) is saved and restored with `x-ignore-shared`: the state
+//! holds only the devices, so a restore loads next to nothing.
 
 use super::cmdline::{outgoing_uri, CmdlineError};
 use super::qmp::{Qmp, QmpError};
@@ -21,7 +23,8 @@ pub enum StateError {
     Timeout { what: &'static str, after: Duration },
 }
 
-const POLL: Duration = Duration::from_millis(20);
+/// Short: a restore is on a warm runner's start path, and `query-status` is cheap.
+const POLL: Duration = Duration::from_millis(5);
 
 /// Pauses the VM and writes its state (RAM and devices) to `state_file`. The VM stays
 /// paused; quit it afterwards (its disks must not change after the save).
@@ -46,6 +49,27 @@ pub async fn save(qmp: &mut Qmp, state_file: &Path, timeout: Duration) -> Result
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Makes migrations skip RAM that lives in a shared file ([`super::cmdline::GuestMemory`]):
+/// a save then writes only the devices, and a restore expects exactly that.
+pub async fn ignore_shared_memory(qmp: &mut Qmp) -> Result<(), StateError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts loading `state_file` into a QEMU started with `-incoming defer` whose RAM is a
+/// warm template's file; then wait with [`resume_incoming`].
+pub async fn incoming_from_file(qmp: &mut Qmp, state_file: &Path) -> Result<(), StateError> {
+    ignore_shared_memory(qmp).await?;
+    let uri = super::cmdline::incoming_uri(state_file)?;
+    qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        .await?;
+    Ok(())
 }
 
 /// Waits for an `-incoming` QEMU to finish loading the state, then resumes the VM.

@@ -1,12 +1,15 @@
 //! Warm templates: boot a template until its SSH server answers, save the VM's state, and
 //! publish `<name>-warm-<version>/` beside it — the disks as they were at the save, the
-//! state file, the kernel and initramfs, and metadata whose `savedState` makes runners of it
-//! restore instead of boot (falling back to a cold boot when that fails).
+//! guest's RAM as a file (`ram.bin`, the VM's memory from the start) and the state of its
+//! devices, the kernel and initramfs, and metadata whose `savedState` makes runners of it
+//! restore instead of boot (falling back to a cold boot when that fails). A restore maps the
+//! RAM file copy-on-write rather than loading ~100 MB of RAM from a stream.
 //!
 //! The guest is paused by the save, so its disks and memory are captured at one instant and
 //! need no sync. Every restored clone shares what the saved guest had (host key, clock,
 //! runner-agent identity): the runner-agent's refresh must renew that per runner.
 
+use super::cmdline::GuestMemory;
 use super::state::{self, StateError};
 use super::{Machine, MachineError, QemuBackend, CONSOLE_LOG, QEMU_LOG};
 use crate::hypervisor::{HypervisorError, LinuxBootFiles, VmSpec};
@@ -19,6 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 pub const STATE_FILE: &str = "state.bin";
+/// The saved guest's RAM (sparse: only what the guest touched takes space).
+pub const RAM_FILE: &str = "ram.bin";
 pub const GUEST_TOKEN_FILE: &str = "guest-token";
 /// Appended to the base template's name.
 pub const WARM_SUFFIX: &str = "-warm";
@@ -99,6 +104,7 @@ pub async fn make_warm_template(
     }
     let templates_dir = base.dir.parent().unwrap_or(Path::new("."));
     let name = format!("{}{WARM_SUFFIX}", base_meta.name);
+    // A template saved before RAM files is made again: its restores load the whole RAM.
     let wanted = |state: &SavedState| {
         (state.vcpus, state.memory_mib, state.config_disk)
             == (
@@ -106,6 +112,7 @@ pub async fn make_warm_template(
                 options.memory_mib,
                 options.config_disk.is_some(),
             )
+            && state.ram_file.is_some()
     };
     let existing = warm_versions(templates_dir, &name);
     if !options.force {
@@ -153,7 +160,10 @@ pub async fn make_warm_template(
         config_disk: options.config_disk.clone(),
         restore: None,
     };
-    let machine_spec = backend.machine_spec(&spec, None)?;
+    let mut machine_spec = backend.machine_spec(&spec, None)?;
+    // The RAM lives in the template from the start, so the save leaves it out of the state.
+    let ram_file = out.join(RAM_FILE);
+    machine_spec.memory = GuestMemory::SavedTo(ram_file.clone());
     let started = Instant::now();
     let machine = Machine::launch(
         &machine_spec,
@@ -169,6 +179,10 @@ pub async fn make_warm_template(
         tracing::warn!(console = %console, "warming failed; the guest's console follows");
     }
     let (boot_to_ssh, save) = warmed?;
+    // Every restore maps it: it must be whole on disk before the template is published.
+    std::fs::File::open(&ram_file)
+        .and_then(|file| file.sync_all())
+        .map_err(io("sync", &ram_file))?;
     let guest_ip = super::machine::read_marker(&work.path().join(CONSOLE_LOG))
         .unwrap_or_else(|| "10.0.2.15".into());
     tracing::debug!(elapsed = ?started.elapsed(), "state saved");
@@ -206,6 +220,7 @@ pub async fn make_warm_template(
             config_disk: options.config_disk.is_some(),
             guest_ip,
             guest_token_file,
+            ram_file: Some(RAM_FILE.to_string()),
         }),
         ..base_meta.clone()
     };
@@ -250,6 +265,7 @@ async fn warm_and_save(
     let qmp = qmp
         .as_mut()
         .ok_or(StateError::Qmp(super::qmp::QmpError::Closed))?;
+    state::ignore_shared_memory(qmp).await?;
     state::save(qmp, &out.join(STATE_FILE), Duration::from_secs(120)).await?;
     Ok((boot_to_ssh, saving.elapsed()))
 }

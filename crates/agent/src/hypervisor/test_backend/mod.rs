@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -34,6 +34,8 @@ pub struct TestBackend {
     config: TestBackendConfig,
     vms: Mutex<HashMap<RunnerId, TestVm>>,
     events: broadcast::Sender<VmEvent>,
+    /// One notify client for every guest's runner-agent (each would load the TLS roots).
+    notify_client: OnceLock<Option<reqwest::Client>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +63,7 @@ impl TestBackend {
             config,
             vms: Mutex::new(HashMap::new()),
             events,
+            notify_client: OnceLock::new(),
         }
     }
 
@@ -116,6 +119,7 @@ async fn boot_guest(
     mut ssh: TestSshConfig,
     root: PathBuf,
     config_disk: Option<PathBuf>,
+    notify_client: Option<reqwest::Client>,
 ) -> Result<(Guest, Endpoints), String> {
     let env = ssh.env.clone();
     let mut agent = None;
@@ -132,6 +136,7 @@ async fn boot_guest(
                 extra_env: env,
                 ..SetupOptions::default()
             },
+            notify_client,
             ..AgentOptions::default()
         };
         let started = GuestAgent::start(options)
@@ -197,12 +202,16 @@ impl Hypervisor for TestBackend {
         let never_ready = self.config.never_ready;
         let runner_id = spec.runner_id.clone();
         let config_disk = spec.config_disk.clone();
+        let notify_client = self
+            .notify_client
+            .get_or_init(|| shoes_vz_runner_agent::notify::client().ok())
+            .clone();
         let boot = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             if never_ready {
                 std::future::pending::<()>().await;
             }
-            match boot_guest(ssh, root, config_disk).await {
+            match boot_guest(ssh, root, config_disk, notify_client).await {
                 Ok((guest, endpoints)) => {
                     endpoints_tx.send_replace(Some(endpoints));
                     Some(guest)

@@ -5,6 +5,7 @@ use crate::cluster::{ClusterOptions, LocalCluster};
 use crate::output::{print_json, Output};
 use crate::stats::{ms, p50_p95_json, percentile};
 use anyhow::Context;
+use shoes_vz_model::CloudId;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,11 @@ pub async fn run(args: ControlPlaneArgs, output: Output) -> anyhow::Result<()> {
     let client = cluster.client().await?;
 
     let mut add_overhead = Vec::new();
+    let mut agent_overhead = Vec::new();
     let mut delete_latency = Vec::new();
     let mut remaining = args.runners;
     let boot_delay = Duration::from_millis(args.boot_delay_ms);
+    let load_before = super::load_line();
     let started = Instant::now();
     while remaining > 0 {
         let wave = remaining.min(capacity);
@@ -68,6 +71,25 @@ pub async fn run(args: ControlPlaneArgs, output: Output) -> anyhow::Result<()> {
                 .into_inner();
             add_overhead.push(elapsed.saturating_sub(boot_delay));
             cloud_ids.push(reply.cloud_id);
+        }
+        // The agents' share, from their own timings while the runners still live.
+        let statuses: Vec<_> = cluster
+            .agents
+            .iter()
+            .flat_map(|agent| agent.manager.snapshot())
+            .collect();
+        for cloud_id in &cloud_ids {
+            let Ok(runner_id) = CloudId::parse(cloud_id).map(|id| id.runner_id()) else {
+                continue;
+            };
+            let timings = statuses
+                .iter()
+                .find(|status| status.runner_id == runner_id.as_str())
+                .and_then(|status| status.timings);
+            if let Some(t) = timings {
+                let agent = Duration::from_millis(t.prepare_ms + t.boot_to_ssh_ms);
+                agent_overhead.push(agent.saturating_sub(boot_delay));
+            }
         }
         let deletes = cloud_ids.into_iter().map(|cloud_id| {
             let mut client = client.clone();
@@ -121,6 +143,7 @@ pub async fn run(args: ControlPlaneArgs, output: Output) -> anyhow::Result<()> {
     );
     for (name, samples) in [
         ("AddInstance latency - boot delay (overhead)", &add_overhead),
+        ("  of which the agent's start - boot delay", &agent_overhead),
         ("command push latency (server -> agent)", &push),
         ("DeleteInstance latency", &delete_latency),
     ] {
@@ -132,5 +155,6 @@ pub async fn run(args: ControlPlaneArgs, output: Output) -> anyhow::Result<()> {
             ms(percentile(samples, 95.0))
         );
     }
+    println!("before: {load_before}; after: {}", super::load_line());
     Ok(())
 }

@@ -43,6 +43,22 @@ pub enum BenchCommand {
     Fleet(fleet::FleetArgs),
 }
 
+/// `load average 1.52 1.20 0.98 (2 cores)`: other work on the machine skews every number
+/// here, so each table says how busy the host was.
+pub(crate) fn load_line() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("load average {load} ({cores} cores)")
+}
+
 pub async fn run(command: BenchCommand, output: Output) -> anyhow::Result<()> {
     match command {
         BenchCommand::ControlPlane(args) => control_plane::run(args, output).await,

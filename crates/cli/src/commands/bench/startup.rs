@@ -11,6 +11,7 @@ use shoes_vz_agent::hypervisor::qemu::accel;
 use shoes_vz_agent::{ssh, template};
 use shoes_vz_guest_config::ApiToken;
 use shoes_vz_guest_image::bench::{bare_boot_to_ssh, BareBoot};
+use shoes_vz_protocol::agent::v1 as agent_pb;
 use shoes_vz_protocol::shoes::v1 as pb;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,18 +29,36 @@ pub struct StartupArgs {
 #[derive(Default)]
 struct Samples {
     clone: Vec<Duration>,
+    prepare: Vec<Duration>,
+    vm_start: Vec<Duration>,
+    refresh: Vec<Duration>,
     boot_to_ip: Vec<Duration>,
     boot_to_ssh: Vec<Duration>,
     total: Vec<Duration>,
 }
 
+/// One runner's timings: the server's, and the agent's finer split of its start.
+struct Timings {
+    server: pb::PhaseTimings,
+    agent: Option<agent_pb::PhaseTimings>,
+}
+
 impl Samples {
-    fn push(&mut self, t: &pb::PhaseTimings) {
+    fn push(&mut self, timings: &Timings) {
+        let t = &timings.server;
         self.clone.push(Duration::from_millis(t.clone_ms));
         self.boot_to_ip.push(Duration::from_millis(t.boot_to_ip_ms));
         self.boot_to_ssh
             .push(Duration::from_millis(t.boot_to_ssh_ms));
         self.total.push(Duration::from_millis(t.startup_ms));
+        if let Some(agent) = &timings.agent {
+            self.prepare.push(Duration::from_millis(agent.prepare_ms));
+            self.vm_start.push(Duration::from_millis(agent.vm_start_ms));
+            // Only a restored guest is refreshed.
+            if agent.refresh_ms > 0 {
+                self.refresh.push(Duration::from_millis(agent.refresh_ms));
+            }
+        }
     }
 }
 
@@ -64,15 +83,16 @@ pub async fn run(args: StartupArgs, output: Output) -> anyhow::Result<()> {
     let bare = bare_boot(&base, bare_dir.path())?;
 
     let (mut cold, mut warm, mut bare_ssh) = (Samples::default(), Samples::default(), Vec::new());
+    let load_before = super::load_line();
     let started = Instant::now();
     for run in 0..args.runs.max(1) {
         cold.push(
-            &one_runner(&mut client, &["linux"])
+            &one_runner(&cluster, &mut client, &["linux"])
                 .await
                 .with_context(|| format!("cold run {run}"))?,
         );
         warm.push(
-            &one_runner(&mut client, &["warm"])
+            &one_runner(&cluster, &mut client, &["warm"])
                 .await
                 .with_context(|| format!("warm run {run}"))?,
         );
@@ -100,6 +120,7 @@ pub async fn run(args: StartupArgs, output: Output) -> anyhow::Result<()> {
         ));
     }
     print(args.runs, wall, &cold, &warm, &bare_ssh, &fallbacks);
+    println!("before: {load_before}; after: {}", super::load_line());
     Ok(())
 }
 
@@ -166,7 +187,11 @@ fn bare_boot(base: &template::Template, dir: &Path) -> anyhow::Result<BareBoot> 
     })
 }
 
-async fn one_runner(client: &mut FleetClient, label: &[&str]) -> anyhow::Result<pb::PhaseTimings> {
+async fn one_runner(
+    cluster: &LocalCluster,
+    client: &mut FleetClient,
+    label: &[&str],
+) -> anyhow::Result<Timings> {
     let mut labels = vec!["self-hosted".to_string()];
     labels.extend(label.iter().map(|l| l.to_string()));
     let added = client
@@ -178,18 +203,22 @@ async fn one_runner(client: &mut FleetClient, label: &[&str]) -> anyhow::Result<
         })
         .await?
         .into_inner();
-    let timings = client
-        .get_runner(&added.cloud_id)
-        .await?
-        .timings
-        .context("no timings")?;
+    let runner = client.get_runner(&added.cloud_id).await?;
+    let server = runner.timings.context("no timings")?;
+    // The agent's own record of the start, while the runner still lives.
+    let agent = cluster
+        .agents
+        .iter()
+        .flat_map(|agent| agent.manager.snapshot())
+        .find(|status| status.runner_id == runner.runner_id)
+        .and_then(|status| status.timings);
     client
         .delete_instance(pb::DeleteInstanceRequest {
             cloud_id: added.cloud_id,
             labels: Vec::new(),
         })
         .await?;
-    Ok(timings)
+    Ok(Timings { server, agent })
 }
 
 fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
@@ -259,6 +288,9 @@ fn print(
     );
     for (name, c, w) in [
         ("clone", &cold.clone, &warm.clone),
+        ("prepare (agent)", &cold.prepare, &warm.prepare),
+        ("VM start / restore", &cold.vm_start, &warm.vm_start),
+        ("refresh (restored)", &cold.refresh, &warm.refresh),
         ("boot-to-IP", &cold.boot_to_ip, &warm.boot_to_ip),
         ("boot-to-SSH", &cold.boot_to_ssh, &warm.boot_to_ssh),
         ("total (to ssh-ready)", &cold.total, &warm.total),
