@@ -257,15 +257,20 @@ pub(super) async fn read_stored(
         Backend::Sqlite => sql::RUNNER_STATE_SQLITE,
         Backend::Postgres => sql::RUNNER_STATE_POSTGRES,
     };
-    let row: Option<(String, i64)> = sqlx::query_as(statement)
+    let state: Option<String> = sqlx::query_scalar(statement)
         .bind(id.as_str())
         .fetch_optional(&mut **tx)
         .await
         .map_err(StoreError::query("read a runner's state"))?;
-    let (state, last_seq) = row.ok_or_else(|| StoreError::NotFound {
+    let state = state.ok_or_else(|| StoreError::NotFound {
         kind: "runner",
         id: id.to_string(),
     })?;
+    let last_seq: i64 = sqlx::query_scalar(sql::LAST_HISTORY_SEQ)
+        .bind(id.as_str())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::query("read a runner's history"))?;
     Ok(Stored {
         state: state.parse().ok(),
         last_seq,

@@ -114,13 +114,16 @@ pub const LIST_UNRELEASED_RUNNERS: &str = concat!(
      ORDER BY created_at_ms, runner_id"
 );
 
-/// The stored state and the history's last number, read inside a write transaction. SQLite
-/// already holds the database write lock (BEGIN IMMEDIATE); PostgreSQL needs the row lock so
-/// two updates of one runner cannot both see the old state.
-pub const RUNNER_STATE_SQLITE: &str = "SELECT state, (SELECT COALESCE(MAX(seq), 0) \
-     FROM runner_history WHERE runner_id = $1) FROM runners WHERE runner_id = $1";
-pub const RUNNER_STATE_POSTGRES: &str = "SELECT state, (SELECT COALESCE(MAX(seq), 0) \
-     FROM runner_history WHERE runner_id = $1) FROM runners WHERE runner_id = $1 FOR UPDATE";
+/// The stored state, read inside a write transaction. SQLite already holds the database
+/// write lock (BEGIN IMMEDIATE); PostgreSQL needs the row lock so two updates of one runner
+/// cannot both see the old state.
+pub const RUNNER_STATE_SQLITE: &str = "SELECT state FROM runners WHERE runner_id = $1";
+pub const RUNNER_STATE_POSTGRES: &str = "SELECT state FROM runners WHERE runner_id = $1 FOR UPDATE";
+
+/// The history's last number, read once the row lock is held: a statement of its own, so on
+/// PostgreSQL it sees what the lock's previous holder committed.
+pub const LAST_HISTORY_SEQ: &str =
+    "SELECT COALESCE(MAX(seq), 0) FROM runner_history WHERE runner_id = $1";
 
 pub const HISTORY: &str = "SELECT seq, state, at_ms, detail FROM runner_history \
      WHERE runner_id = $1 ORDER BY seq";
